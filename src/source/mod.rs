@@ -1,0 +1,54 @@
+//! Edge: where fleet files come from. A folder on disk, or a commit of a git repository read
+//! with git2 without checking it out.
+//!
+//! Sources hand the core `(path, content)` pairs ([`Input`]) and nothing else: they read only
+//! the files `load::Kind::of_path` accepts, never read past the size limit, and report
+//! directories and links where files belong instead of following them. They do not parse.
+
+mod folder;
+mod git;
+
+use std::path::PathBuf;
+
+pub use folder::read_folder;
+pub use git::{Snapshot, read_commit};
+
+/// Why a source could not be read at all. Problems with single files are not errors; they
+/// come back as [`crate::load::Content`] and become diagnostics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading fleet folder `{path}`")]
+    Folder {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading fleet file `{path}`")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no git repository holds `{path}`")]
+    NoRepository {
+        path: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("`{path}` is not inside the work tree of the git repository at `{workdir}`")]
+    OutsideWorkTree { path: PathBuf, workdir: PathBuf },
+    #[error("resolving `{rev}` to a commit")]
+    Revision {
+        rev: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("commit {commit} has no folder `{path}`")]
+    NoFolder { commit: String, path: String },
+    #[error("reading `{what}` from the git repository")]
+    Git {
+        what: String,
+        #[source]
+        source: git2::Error,
+    },
+}

@@ -4,7 +4,17 @@
 use std::path::Path;
 
 const CORE: &[&str] = &["diag", "model", "load", "validate"];
-const FORBIDDEN: &[&str] = &["tokio", "sqlx", "bollard", "redis", "axum", "git2", "std::fs", "std::net", "std::process"];
+const FORBIDDEN: &[&str] = &[
+    "tokio",
+    "sqlx",
+    "bollard",
+    "redis",
+    "axum",
+    "git2",
+    "std::fs",
+    "std::net",
+    "std::process",
+];
 
 fn rust_files(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read source folder") {
@@ -24,7 +34,11 @@ fn the_core_does_no_io() {
     for module in CORE {
         rust_files(&src.join(module), &mut files);
     }
-    assert!(files.len() >= CORE.len(), "core modules not found under {}", src.display());
+    assert!(
+        files.len() >= CORE.len(),
+        "core modules not found under {}",
+        src.display()
+    );
     let mut offences = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).expect("read source");
@@ -39,5 +53,9 @@ fn the_core_does_no_io() {
             }
         }
     }
-    assert!(offences.is_empty(), "the core imports I/O:\n{}", offences.join("\n"));
+    assert!(
+        offences.is_empty(),
+        "the core imports I/O:\n{}",
+        offences.join("\n")
+    );
 }

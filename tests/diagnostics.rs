@@ -87,6 +87,12 @@ fn the_example_fleet_has_no_diagnostics() {
     // Guard against a vacuous pass: every instance file became an instance.
     let instance_files = fs::read_dir(root.join("instances"))
         .expect("the example fleet has instances/")
+        .filter(|entry| {
+            let path = entry.as_ref().expect("instances/ entry").path();
+            path.extension().is_some_and(|extension| {
+                ["toml", "yaml", "yml"].contains(&&*extension.to_string_lossy())
+            })
+        })
         .count();
     assert_eq!(validation.fleet.instances.len(), instance_files);
     assert!(instance_files > 0);

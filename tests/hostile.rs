@@ -169,3 +169,30 @@ fn many_problems_in_one_file_are_all_reported() {
         );
     }
 }
+
+#[test]
+fn yaml_nulls_count_as_missing() {
+    let fleet = minimal_fleet();
+    write(
+        fleet.path(),
+        "partners/acme.toml",
+        "id = \"acme\"\nname = \"Acme\"\nemail = \"ops@acme.example\"\n",
+    );
+    write(
+        fleet.path(),
+        "channels/stable.toml",
+        "name = \"stable\"\nmode = \"auto-update\"\n",
+    );
+    let instance = "name: shop\ntype: partner-deployed\npartner: acme\ntenant: ~\nregion: ng-lagos\ndata_residency: [NG]\nsize:\nchannel: stable\n";
+    write(fleet.path(), "instances/shop.yaml", instance);
+    let output = wakafleet(fleet.path(), &["validate", ".", "--format", "json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let file = "instances/shop.yaml".to_string();
+    assert_eq!(
+        diagnostics(&output),
+        vec![
+            ("size-and-resources".to_string(), file.clone(), 1, 1),
+            ("missing-field".to_string(), file, 4, 1),
+        ]
+    );
+}

@@ -21,7 +21,10 @@ pub fn parse<'a>(file: FileId, text: &'a str, limits: &Limits) -> Result<Node<'a
             format!("invalid TOML: {}", error.message().trim_end()),
         )
     })?;
+    // The root starts at its first key, not at the comments above it, as in YAML.
+    let first_key = table.get_ref().keys().map(|key| key.span().start).min();
     let span = table.span();
+    let span = first_key.unwrap_or(span.start)..span.end;
     let table = table.into_inner();
     let converter = Converter { file, limits };
     Ok(Node {

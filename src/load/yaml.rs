@@ -178,6 +178,13 @@ impl<'a> Builder<'a, '_> {
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let frame = self.stack.pop().expect("the parser balances collections");
+                // A flow collection ends at its bracket; a block one at its last value, not
+                // at the next token (which may be lines further down).
+                let end = if span.start < span.end {
+                    span.end as usize
+                } else {
+                    last_end(&frame).unwrap_or(span.end as usize)
+                };
                 let (start, anchor, value) = match frame {
                     Frame::Sequence {
                         start,
@@ -192,7 +199,7 @@ impl<'a> Builder<'a, '_> {
                     } => (start, anchor, Value::Table(entries)),
                 };
                 let node = Node {
-                    span: Span::new(self.file, start..(span.end as usize).max(start)),
+                    span: Span::new(self.file, start..end.max(start)),
                     value,
                 };
                 let size = node_count(&node);
@@ -278,6 +285,15 @@ impl<'a> Builder<'a, '_> {
         }
         Ok(())
     }
+}
+
+/// Where the last value of a collection ends.
+fn last_end(frame: &Frame<'_>) -> Option<usize> {
+    let last = match frame {
+        Frame::Sequence { items, .. } => items.last(),
+        Frame::Mapping { entries, .. } => entries.last().map(|entry| &entry.value),
+    };
+    last.map(|node| node.span.end as usize)
 }
 
 fn node_count(node: &Node<'_>) -> usize {

@@ -305,7 +305,13 @@ impl CronSchedule {
         }
         croner::Cron::from_str(text)
             .map(|_| CronSchedule(text.to_string()))
-            .map_err(|error| format!("`{text}` is not a cron schedule: {error}"))
+            .map_err(|error| {
+                let reason = error.to_string().to_lowercase();
+                format!(
+                    "`{text}` is not a cron schedule: {}",
+                    reason.trim_end_matches('.')
+                )
+            })
     }
 
     pub fn as_str(&self) -> &str {

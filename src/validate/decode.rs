@@ -122,9 +122,15 @@ impl Ctx {
         );
     }
 
-    /// An `invalid-value` (or other code) at a node, with a label.
+    /// An `invalid-value` (or other code) at a node, labelled by what the code is about.
     pub fn invalid(&mut self, code: Code, span: Span, message: String) {
-        self.push(Diagnostic::error(code, span, message));
+        let label = match code {
+            Code::InvalidSemver => "not semver",
+            Code::InvalidCron => "not a cron schedule",
+            Code::InvalidWindow => "not a valid window setting",
+            _ => "invalid value",
+        };
+        self.push(Diagnostic::error(code, span, message).with_label(label));
     }
 
     /// Text of a string or YAML scalar.

@@ -402,18 +402,22 @@ pub fn instance(ctx: &mut Ctx, root: &Node<'_>) -> Option<Instance> {
 
     if let Some(kind) = kind
         && kind != InstanceType::SharedSaas
-        && fields.key_span("tenant").is_none()
+        && matches!(tenant, Some(None))
     {
+        // A key given as YAML's null counts as missing, and is reported where it is.
+        let span = fields
+            .key_span("tenant")
+            .unwrap_or(fields.span().with_end_at_start());
         ctx.push(
-            Diagnostic::error(
-                Code::MissingField,
-                fields.span().with_end_at_start(),
-                "missing field `tenant`",
-            )
-            .with_label(format!("a {kind} instance belongs to a tenant")),
+            Diagnostic::error(Code::MissingField, span, "missing field `tenant`")
+                .with_label(format!("a {kind} instance belongs to a tenant")),
         );
     }
-    match (fields.key_span("size"), fields.key_span("resources")) {
+    // Present means given and not null; a value that failed to decode is present.
+    let given = |name: &str, decoded: bool| fields.key_span(name).filter(|_| decoded);
+    let size_span = given("size", !matches!(size, Some(None)));
+    let resources_span = given("resources", !matches!(resources, Some(None)));
+    match (size_span, resources_span) {
         (Some(_), Some(resources)) => ctx.push(
             Diagnostic::error(
                 Code::SizeAndResources,

@@ -68,8 +68,8 @@ pub fn check(inputs: Vec<Input>, limits: &Limits) -> Validation {
     let fleet = {
         let (documents, parse_errors) = load::parse(&loaded, limits);
         ctx.diagnostics.extend(parse_errors);
-        let mut fleet = build(&documents, &loaded.sources, &mut ctx);
-        cross_check(&mut fleet, &mut ctx);
+        let fleet = build(&documents, &loaded.sources, &mut ctx);
+        cross_check(&fleet, &mut ctx);
         fleet
     };
     let mut diagnostics = ctx.diagnostics;
@@ -89,7 +89,8 @@ fn build(documents: &[Document<'_>], sources: &SourceMap, ctx: &mut Ctx) -> Flee
     let mut seen: HashMap<(Kind, String), Span> = HashMap::with_capacity(documents.len());
     for document in documents {
         secrets::scan(&document.root, ctx);
-        let stem = file_stem(sources.path(document.file));
+        let path = sources.path(document.file);
+        let (stem, extension) = file_name(path);
         let root = &document.root;
         match document.kind {
             Kind::Fleet => {
@@ -109,21 +110,33 @@ fn build(documents: &[Document<'_>], sources: &SourceMap, ctx: &mut Ctx) -> Flee
             }
             Kind::Partner => {
                 if let Some(partner) = entities::partner(ctx, root)
-                    && file(ctx, &mut seen, Kind::Partner, stem, &partner.id)
+                    && file(
+                        ctx,
+                        &mut seen,
+                        Kind::Partner,
+                        (stem, extension),
+                        &partner.id,
+                    )
                 {
                     fleet.partners.insert(partner.id.value.clone(), partner);
                 }
             }
             Kind::Tenant => {
                 if let Some(tenant) = entities::tenant(ctx, root)
-                    && file(ctx, &mut seen, Kind::Tenant, stem, &tenant.id)
+                    && file(ctx, &mut seen, Kind::Tenant, (stem, extension), &tenant.id)
                 {
                     fleet.tenants.insert(tenant.id.value.clone(), tenant);
                 }
             }
             Kind::Channel => {
                 if let Some(channel) = entities::channel(ctx, root)
-                    && file(ctx, &mut seen, Kind::Channel, stem, &channel.name)
+                    && file(
+                        ctx,
+                        &mut seen,
+                        Kind::Channel,
+                        (stem, extension),
+                        &channel.name,
+                    )
                 {
                     fleet.channels.insert(channel.name.value.clone(), channel);
                 }
@@ -131,7 +144,7 @@ fn build(documents: &[Document<'_>], sources: &SourceMap, ctx: &mut Ctx) -> Flee
             Kind::Release => {
                 if let Some(release) = entities::release(ctx, root) {
                     let version = release.version.clone().map(|version| version.to_string());
-                    if file(ctx, &mut seen, Kind::Release, stem, &version) {
+                    if file(ctx, &mut seen, Kind::Release, (stem, extension), &version) {
                         fleet
                             .releases
                             .insert(release.version.value.clone(), release);
@@ -140,7 +153,13 @@ fn build(documents: &[Document<'_>], sources: &SourceMap, ctx: &mut Ctx) -> Flee
             }
             Kind::Instance => {
                 if let Some(instance) = entities::instance(ctx, root)
-                    && file(ctx, &mut seen, Kind::Instance, stem, &instance.name)
+                    && file(
+                        ctx,
+                        &mut seen,
+                        Kind::Instance,
+                        (stem, extension),
+                        &instance.name,
+                    )
                 {
                     fleet
                         .instances
@@ -158,7 +177,7 @@ fn file(
     ctx: &mut Ctx,
     seen: &mut HashMap<(Kind, String), Span>,
     kind: Kind,
-    stem: &str,
+    (stem, extension): (&str, &str),
     id: &Spanned<String>,
 ) -> bool {
     if id.value != stem {
@@ -174,7 +193,7 @@ fn file(
             )
             .with_label("does not match the file name")
             .with_help(format!(
-                "rename the file to `{}.toml` or change this value",
+                "rename the file to `{}.{extension}` or change this value",
                 id.value
             )),
         );
@@ -216,19 +235,18 @@ fn id_word(kind: Kind) -> &'static str {
     }
 }
 
-/// The file name without folders and extension.
-fn file_stem(path: &str) -> &str {
+/// The file name without folders, split into stem and extension.
+fn file_name(path: &str) -> (&str, &str) {
     let name = path.rsplit('/').next().unwrap_or(path);
-    name.rsplit_once('.').map_or(name, |(stem, _)| stem)
+    name.rsplit_once('.').unwrap_or((name, ""))
 }
 
 /// The rules that need more than one file.
-fn cross_check(fleet: &mut Fleet, ctx: &mut Ctx) {
+fn cross_check(fleet: &Fleet, ctx: &mut Ctx) {
     for tenant in fleet.tenants.values() {
         reference(ctx, "partner", &tenant.partner, &fleet.partners);
     }
     let mut domains: HashMap<String, Span> = HashMap::new();
-    let mut usage: BTreeMap<&str, (Resources, usize)> = BTreeMap::new();
     for instance in fleet.instances.values() {
         check_instance(fleet, instance, ctx);
         if let Some(domain) = &instance.custom_domain {
@@ -247,6 +265,14 @@ fn cross_check(fleet: &mut Fleet, ctx: &mut Ctx) {
                 domains.insert(key, domain.span);
             }
         }
+    }
+    check_capacity(fleet, ctx);
+}
+
+/// Reports each region whose active and suspended instances need more than its capacity.
+fn check_capacity(fleet: &Fleet, ctx: &mut Ctx) {
+    let mut usage: BTreeMap<&str, (Resources, usize)> = BTreeMap::new();
+    for instance in fleet.instances.values() {
         if instance.state != InstanceState::Terminated
             && let Some(resources) = resources_of(fleet, instance)
         {
@@ -280,20 +306,18 @@ fn cross_check(fleet: &mut Fleet, ctx: &mut Ctx) {
                 capacity.storage.to_string(),
             ),
         ];
-        for (what, over, need, have) in exceeded {
-            if over {
-                ctx.push(
-                    Diagnostic::error(
-                        Code::CapacityExceeded,
-                        region.capacity.span,
-                        format!(
-                            "the {count} active and suspended instances of region `{region_name}` need {need} {what}, more than its capacity of {have}"
-                        ),
-                    )
-                    .with_label(format!("{what} capacity {have}"))
-                    .with_help("raise the capacity, move instances to another region, or make them smaller"),
-                );
-            }
+        for (what, _, need, have) in exceeded.into_iter().filter(|(_, over, _, _)| *over) {
+            ctx.push(
+                Diagnostic::error(
+                    Code::CapacityExceeded,
+                    region.capacity.span,
+                    format!(
+                        "the {count} active and suspended instances of region `{region_name}` need {need} {what}, more than its capacity of {have}"
+                    ),
+                )
+                .with_label(format!("{what} capacity {have}"))
+                .with_help("raise the capacity, move instances to another region, or make them smaller"),
+            );
         }
     }
 }

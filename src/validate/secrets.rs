@@ -54,8 +54,11 @@ pub fn scan(node: &Node<'_>, ctx: &mut Ctx) {
         Value::Array(items) => items.iter().for_each(|item| scan(item, ctx)),
         Value::Table(entries) => {
             for entry in entries {
-                let key = entry.key.to_ascii_lowercase();
-                let names_secret = SECRET_KEYS.iter().any(|name| key.ends_with(name));
+                let key = entry.key.as_bytes();
+                let names_secret = SECRET_KEYS.iter().any(|name| {
+                    key.len() >= name.len()
+                        && key[key.len() - name.len()..].eq_ignore_ascii_case(name.as_bytes())
+                });
                 let literal = match &entry.value.value {
                     Value::String(text) | Value::Plain(text) => {
                         !text.is_empty() && !text.starts_with("env:") && secret_in(text).is_none()

@@ -269,3 +269,39 @@ fn schema_writes_one_file_per_kind() {
         assert_eq!(schema["type"], "object", "{kind}");
     }
 }
+
+#[test]
+fn rev_reads_large_fleets_whole() {
+    // Enough files that blobs are read, and files decoded, on more than one thread.
+    let repo = tempfile::tempdir().expect("temporary folder");
+    write(repo.path(), "fleet.toml", FLEET_TOML);
+    for index in 0..2_500 {
+        let email = if index == 1_234 {
+            "nobody"
+        } else {
+            "ops@p.example"
+        };
+        write(
+            repo.path(),
+            &format!("partners/p{index:04}.toml"),
+            format!("id = \"p{index:04}\"\nname = \"P\"\nemail = \"{email}\"\n"),
+        );
+    }
+    commit_all(repo.path(), "many partners");
+    let output = wakafleet(
+        repo.path(),
+        &["validate", ".", "--rev", "HEAD", "--format", "json"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        diagnostics(&output),
+        vec![(
+            "invalid-value".to_string(),
+            "partners/p1234.toml".to_string(),
+            3,
+            9
+        )]
+    );
+    let text = wakafleet(repo.path(), &["validate", ".", "--rev", "HEAD~0"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("1 error"));
+}

@@ -243,17 +243,26 @@ pub fn parse<'a>(loaded: &'a Loaded, limits: &Limits) -> (Vec<Document<'a>>, Vec
     let mut documents = Vec::with_capacity(loaded.files.len());
     let mut diagnostics = Vec::new();
     for &(file, kind, format) in &loaded.files {
-        let text = loaded.sources.text(file);
-        let parsed = match format {
-            Format::Toml => toml::parse(file, text, limits),
-            Format::Yaml => yaml::parse(file, text, limits),
-        };
-        match parsed {
+        match parse_file(&loaded.sources, file, format, limits) {
             Ok(root) => documents.push(Document { file, kind, root }),
             Err(diagnostic) => diagnostics.push(diagnostic),
         }
     }
     (documents, diagnostics)
+}
+
+/// Parses one file of a source map into its root node.
+pub fn parse_file<'a>(
+    sources: &'a SourceMap,
+    file: FileId,
+    format: Format,
+    limits: &Limits,
+) -> Result<Node<'a>, Diagnostic> {
+    let text = sources.text(file);
+    match format {
+        Format::Toml => toml::parse(file, text, limits),
+        Format::Yaml => yaml::parse(file, text, limits),
+    }
 }
 
 #[cfg(test)]

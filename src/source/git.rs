@@ -58,17 +58,15 @@ pub fn read_commit(path: &Path, rev: &str, limits: &Limits) -> Result<Snapshot, 
                 path: folder.clone(),
             })?;
     }
-    let odb = repository.odb().map_err(git_error("the object database"))?;
-    let mut reader = Reader {
+    let mut walker = Walker {
         repository: &repository,
-        odb: &odb,
-        limits,
-        inputs: Vec::new(),
+        entries: Vec::new(),
     };
-    reader.walk(&tree, "")?;
+    walker.walk(&tree, "")?;
+    let inputs = read_blobs(&repository, walker.entries, limits)?;
     Ok(Snapshot {
         commit: commit_id,
-        inputs: reader.inputs,
+        inputs,
     })
 }
 
@@ -93,17 +91,21 @@ fn folder_in_repository(repository: &Repository, path: &Path) -> Result<String, 
     Ok(parts.join("/"))
 }
 
-struct Reader<'r> {
+/// A fleet file found in the tree: its blob still to be read, or what stands there instead.
+enum Found {
+    Blob(Oid),
+    Other(Content),
+}
+
+struct Walker<'r> {
     repository: &'r Repository,
-    odb: &'r git2::Odb<'r>,
-    limits: &'r Limits,
-    inputs: Vec<Input>,
+    entries: Vec<(String, Found)>,
 }
 
 /// The file mode git gives symbolic links.
 const SYMLINK_MODE: i32 = 0o120000;
 
-impl Reader<'_> {
+impl Walker<'_> {
     fn walk(&mut self, tree: &Tree<'_>, prefix: &str) -> Result<(), Error> {
         for entry in tree.iter() {
             let name = String::from_utf8_lossy(entry.name_bytes());
@@ -126,29 +128,98 @@ impl Reader<'_> {
             if !is_fleet_file {
                 continue;
             }
-            let content = match kind {
-                Some(ObjectType::Blob) if entry.filemode() == SYMLINK_MODE => {
-                    Content::NotAFile("a symbolic link (links are not followed)")
-                }
-                Some(ObjectType::Blob) => self.blob(entry.id(), &path)?,
-                Some(ObjectType::Tree) => Content::NotAFile("a directory"),
-                _ => Content::NotAFile("a submodule"),
+            let found = match kind {
+                Some(ObjectType::Blob) if entry.filemode() == SYMLINK_MODE => Found::Other(
+                    Content::NotAFile("a symbolic link (links are not followed)"),
+                ),
+                Some(ObjectType::Blob) => Found::Blob(entry.id()),
+                Some(ObjectType::Tree) => Found::Other(Content::NotAFile("a directory")),
+                _ => Found::Other(Content::NotAFile("a submodule")),
             };
-            self.inputs.push(Input { path, content });
+            self.entries.push((path, found));
         }
         Ok(())
     }
+}
 
-    fn blob(&self, id: Oid, path: &str) -> Result<Content, Error> {
-        let git_error = |source| Error::Git {
-            what: path.to_string(),
-            source,
-        };
-        let object = self.odb.read(id).map_err(git_error)?;
-        let size = object.len() as u64;
-        if size > self.limits.max_file_bytes {
-            return Ok(Content::TooLarge { size });
-        }
-        Ok(Content::Bytes(object.data().to_vec()))
+/// Blobs per thread below which a second thread costs more than it saves.
+const BLOBS_PER_WORKER: usize = 1024;
+
+/// Reads the blobs of the found files, on several threads when there are many (each opens
+/// the repository itself: a `Repository` is not shared between threads).
+fn read_blobs(
+    repository: &Repository,
+    entries: Vec<(String, Found)>,
+    limits: &Limits,
+) -> Result<Vec<Input>, Error> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let workers = threads.min(entries.len() / BLOBS_PER_WORKER).max(1);
+    if workers == 1 {
+        return read_chunk(repository, entries, limits);
     }
+    let chunk = entries.len().div_ceil(workers);
+    let mut chunks = Vec::with_capacity(workers);
+    let mut entries = entries.into_iter().peekable();
+    while entries.peek().is_some() {
+        chunks.push(entries.by_ref().take(chunk).collect::<Vec<_>>());
+    }
+    let path = repository.path();
+    let results: Vec<Result<Vec<Input>, Error>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let repository = Repository::open(path).map_err(|source| Error::Git {
+                        what: "the repository".to_string(),
+                        source,
+                    })?;
+                    read_chunk(&repository, chunk, limits)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut inputs = Vec::new();
+    for result in results {
+        inputs.extend(result?);
+    }
+    Ok(inputs)
+}
+
+fn read_chunk(
+    repository: &Repository,
+    entries: Vec<(String, Found)>,
+    limits: &Limits,
+) -> Result<Vec<Input>, Error> {
+    let odb = repository.odb().map_err(|source| Error::Git {
+        what: "the object database".to_string(),
+        source,
+    })?;
+    let mut inputs = Vec::with_capacity(entries.len());
+    for (path, found) in entries {
+        let content = match found {
+            Found::Blob(id) => {
+                let object = odb.read(id).map_err(|source| Error::Git {
+                    what: path.clone(),
+                    source,
+                })?;
+                let size = object.len() as u64;
+                if size > limits.max_file_bytes {
+                    Content::TooLarge { size }
+                } else {
+                    Content::Bytes(object.data().to_vec())
+                }
+            }
+            Found::Other(content) => content,
+        };
+        inputs.push(Input { path, content });
+    }
+    Ok(inputs)
 }

@@ -4,7 +4,7 @@
 //! We decode by hand rather than with serde so that every problem of a file is reported (not
 //! the first), each at the span of its key or value, and unknown keys get a "did you mean".
 
-use std::borrow::Cow;
+use std::{borrow::Cow, collections::HashMap};
 
 use chrono::NaiveDate;
 use semver::{Version, VersionReq};
@@ -12,13 +12,16 @@ use semver::{Version, VersionReq};
 use crate::{
     diag::{Code, Diagnostic, Span, Spanned, did_you_mean},
     load::{Entry, Node, Value},
-    model::{ByteSize, Cpu, Keyword, Resources},
+    model::{ByteSize, Cpu, CronSchedule, Keyword, Resources},
 };
 
 /// The diagnostics of one validation run, and the value decoders that add to them.
 #[derive(Default)]
 pub struct Ctx {
     pub diagnostics: Vec<Diagnostic>,
+    /// Cron schedules already parsed: a fleet repeats a few schedules thousands of times,
+    /// and parsing one costs tens of microseconds.
+    schedules: HashMap<String, Result<CronSchedule, String>>,
 }
 
 /// The keys of one table, tracking which ones a decoder has asked for.
@@ -54,6 +57,14 @@ impl<'n, 'a> Fields<'n, 'a> {
 }
 
 impl Ctx {
+    /// A context that continues a list of diagnostics.
+    pub fn new(diagnostics: Vec<Diagnostic>) -> Ctx {
+        Ctx {
+            diagnostics,
+            schedules: HashMap::new(),
+        }
+    }
+
     pub fn push(&mut self, diagnostic: Diagnostic) {
         self.diagnostics.push(diagnostic);
     }
@@ -260,6 +271,22 @@ impl Ctx {
                 None
             }
         }
+    }
+
+    /// A cron schedule (`invalid-cron`), parsed once per distinct text.
+    pub fn schedule(&mut self, node: &Node<'_>) -> Option<CronSchedule> {
+        let text = self.text(node)?;
+        let parsed = match self.schedules.get(text) {
+            Some(parsed) => parsed.clone(),
+            None => {
+                let parsed = CronSchedule::parse(text);
+                self.schedules.insert(text.to_string(), parsed.clone());
+                parsed
+            }
+        };
+        parsed
+            .map_err(|message| self.invalid(Code::InvalidCron, node.span, message))
+            .ok()
     }
 
     pub fn version(&mut self, node: &Node<'_>) -> Option<Spanned<Version>> {

@@ -7,9 +7,9 @@ use crate::{
     diag::{Code, Diagnostic, Spanned},
     load::Node,
     model::{
-        AutoApprove, Backup, Channel, ChannelMode, ClockTime, CronSchedule, DEFAULT_RETAIN, Day,
-        Instance, InstanceState, InstanceType, Minutes, Partner, Region, Release, ReleaseStatus,
-        Security, Settings, Severity, Standing, Tenant, TimeZone, Track, Window,
+        AutoApprove, Backup, Channel, ChannelMode, ClockTime, DEFAULT_RETAIN, Day, Instance,
+        InstanceState, InstanceType, Minutes, Partner, Region, Release, ReleaseStatus, Security,
+        Settings, Severity, Standing, Tenant, TimeZone, Track, Window,
     },
     validate::decode::{Ctx, Fields},
 };
@@ -496,7 +496,7 @@ fn backup(ctx: &mut Ctx, node: &Node<'_>) -> Option<Backup> {
     let mut fields = ctx.table(node, "a backup policy")?;
     let schedule = ctx
         .required(&mut fields, "schedule")
-        .and_then(|node| ctx.parsed(node, Code::InvalidCron, CronSchedule::parse));
+        .and_then(|node| ctx.schedule(node));
     let retain = optional(ctx, &mut fields, "retain", |ctx, node| {
         let retain = ctx.count(node)?;
         if retain == 0 {

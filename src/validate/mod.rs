@@ -13,9 +13,12 @@ mod secrets;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::{
-    diag::{self, Code, Diagnostic, SourceMap, Span, Spanned, did_you_mean},
-    load::{self, Document, Input, Kind, Limits},
-    model::{ChannelMode, Fleet, Instance, InstanceState, Resources},
+    diag::{self, Code, Diagnostic, FileId, SourceMap, Span, Spanned, did_you_mean},
+    load::{self, Format, Input, Kind, Limits, Loaded},
+    model::{
+        Channel, ChannelMode, Fleet, Instance, InstanceState, Partner, Release, Resources,
+        Settings, Tenant,
+    },
 };
 
 use decode::Ctx;
@@ -60,18 +63,15 @@ impl Validation {
 }
 
 /// Validates the files of one fleet.
+///
+/// Files are parsed and decoded on several threads when there are many; the result does
+/// not depend on how many.
 pub fn check(inputs: Vec<Input>, limits: &Limits) -> Validation {
     let mut loaded = load::read(inputs, limits);
-    let mut ctx = Ctx {
-        diagnostics: std::mem::take(&mut loaded.diagnostics),
-    };
-    let fleet = {
-        let (documents, parse_errors) = load::parse(&loaded, limits);
-        ctx.diagnostics.extend(parse_errors);
-        let fleet = build(&documents, &loaded.sources, &mut ctx);
-        cross_check(&fleet, &mut ctx);
-        fleet
-    };
+    let mut ctx = Ctx::new(std::mem::take(&mut loaded.diagnostics));
+    let decoded = decode_all(&loaded, limits, workers(loaded.files.len()), &mut ctx);
+    let fleet = file_entities(decoded, &loaded.sources, &mut ctx);
+    cross_check(&fleet, &mut ctx);
     let mut diagnostics = ctx.diagnostics;
     diag::sort(&mut diagnostics, &loaded.sources);
     Validation {
@@ -81,89 +81,149 @@ pub fn check(inputs: Vec<Input>, limits: &Limits) -> Validation {
     }
 }
 
-/// Decodes every document and files each entity under its id, reporting names that differ
-/// from their file and ids used twice.
-fn build(documents: &[Document<'_>], sources: &SourceMap, ctx: &mut Ctx) -> Fleet {
+/// What one file holds, once decoded.
+enum Entity {
+    Settings(Settings),
+    Partner(Partner),
+    Tenant(Tenant),
+    Channel(Channel),
+    Release(Release),
+    /// Boxed: an instance is several times larger than the other entities.
+    Instance(Box<Instance>),
+}
+
+/// Files per thread below which a second thread costs more than it saves.
+const FILES_PER_WORKER: usize = 512;
+
+/// How many threads decode `files` files.
+fn workers(files: usize) -> usize {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    threads.min(files / FILES_PER_WORKER).max(1)
+}
+
+/// Parses, scans and decodes every file on `workers` threads; the entities come back in
+/// file order.
+fn decode_all(
+    loaded: &Loaded,
+    limits: &Limits,
+    workers: usize,
+    ctx: &mut Ctx,
+) -> Vec<(FileId, Entity)> {
+    let files = &loaded.files;
+    if workers <= 1 {
+        return decode_files(loaded, files, limits, ctx);
+    }
+    let chunk = files.len().div_ceil(workers);
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let mut ctx = Ctx::new(Vec::new());
+                    let entities = decode_files(loaded, chunk, limits, &mut ctx);
+                    (entities, ctx.diagnostics)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut entities = Vec::with_capacity(files.len());
+    for (chunk_entities, diagnostics) in results {
+        entities.extend(chunk_entities);
+        ctx.diagnostics.extend(diagnostics);
+    }
+    entities
+}
+
+fn decode_files(
+    loaded: &Loaded,
+    files: &[(FileId, Kind, Format)],
+    limits: &Limits,
+    ctx: &mut Ctx,
+) -> Vec<(FileId, Entity)> {
+    let mut entities = Vec::with_capacity(files.len());
+    for &(file, kind, format) in files {
+        let root = match load::parse_file(&loaded.sources, file, format, limits) {
+            Ok(root) => root,
+            Err(diagnostic) => {
+                ctx.push(diagnostic);
+                continue;
+            }
+        };
+        secrets::scan(&root, ctx);
+        let entity = match kind {
+            Kind::Fleet => entities::settings(ctx, &root).map(Entity::Settings),
+            Kind::Partner => entities::partner(ctx, &root).map(Entity::Partner),
+            Kind::Tenant => entities::tenant(ctx, &root).map(Entity::Tenant),
+            Kind::Channel => entities::channel(ctx, &root).map(Entity::Channel),
+            Kind::Release => entities::release(ctx, &root).map(Entity::Release),
+            Kind::Instance => entities::instance(ctx, &root).map(|i| Entity::Instance(Box::new(i))),
+        };
+        entities.extend(entity.map(|entity| (file, entity)));
+    }
+    entities
+}
+
+/// Files each entity under its id, reporting names that differ from their file and ids
+/// used twice.
+fn file_entities(decoded: Vec<(FileId, Entity)>, sources: &SourceMap, ctx: &mut Ctx) -> Fleet {
     let mut fleet = Fleet::default();
     let mut settings_span: Option<Span> = None;
-    let mut seen: HashMap<(Kind, String), Span> = HashMap::with_capacity(documents.len());
-    for document in documents {
-        secrets::scan(&document.root, ctx);
-        let path = sources.path(document.file);
-        let (stem, extension) = file_name(path);
-        let root = &document.root;
-        match document.kind {
-            Kind::Fleet => {
+    let mut seen: HashMap<(Kind, String), Span> = HashMap::with_capacity(decoded.len());
+    for (file, entity) in decoded {
+        let name = file_name(sources.path(file));
+        match entity {
+            Entity::Settings(settings) => {
+                let span = Span::file_start(file);
                 if let Some(first) = settings_span {
                     ctx.push(
                         Diagnostic::error(
                             Code::DuplicateId,
-                            Span::file_start(document.file),
+                            span,
                             "a fleet has exactly one fleet settings file",
                         )
                         .with_secondary(first, "the first is here"),
                     );
-                } else if let Some(settings) = entities::settings(ctx, root) {
-                    settings_span = Some(Span::file_start(document.file));
+                } else {
+                    settings_span = Some(span);
                     fleet.settings = settings;
                 }
             }
-            Kind::Partner => {
-                if let Some(partner) = entities::partner(ctx, root)
-                    && file(
-                        ctx,
-                        &mut seen,
-                        Kind::Partner,
-                        (stem, extension),
-                        &partner.id,
-                    )
-                {
+            Entity::Partner(partner) => {
+                if register(ctx, &mut seen, Kind::Partner, name, &partner.id) {
                     fleet.partners.insert(partner.id.value.clone(), partner);
                 }
             }
-            Kind::Tenant => {
-                if let Some(tenant) = entities::tenant(ctx, root)
-                    && file(ctx, &mut seen, Kind::Tenant, (stem, extension), &tenant.id)
-                {
+            Entity::Tenant(tenant) => {
+                if register(ctx, &mut seen, Kind::Tenant, name, &tenant.id) {
                     fleet.tenants.insert(tenant.id.value.clone(), tenant);
                 }
             }
-            Kind::Channel => {
-                if let Some(channel) = entities::channel(ctx, root)
-                    && file(
-                        ctx,
-                        &mut seen,
-                        Kind::Channel,
-                        (stem, extension),
-                        &channel.name,
-                    )
-                {
+            Entity::Channel(channel) => {
+                if register(ctx, &mut seen, Kind::Channel, name, &channel.name) {
                     fleet.channels.insert(channel.name.value.clone(), channel);
                 }
             }
-            Kind::Release => {
-                if let Some(release) = entities::release(ctx, root) {
-                    let version = release.version.clone().map(|version| version.to_string());
-                    if file(ctx, &mut seen, Kind::Release, (stem, extension), &version) {
-                        fleet
-                            .releases
-                            .insert(release.version.value.clone(), release);
-                    }
+            Entity::Release(release) => {
+                let version = release.version.clone().map(|version| version.to_string());
+                if register(ctx, &mut seen, Kind::Release, name, &version) {
+                    fleet
+                        .releases
+                        .insert(release.version.value.clone(), release);
                 }
             }
-            Kind::Instance => {
-                if let Some(instance) = entities::instance(ctx, root)
-                    && file(
-                        ctx,
-                        &mut seen,
-                        Kind::Instance,
-                        (stem, extension),
-                        &instance.name,
-                    )
-                {
+            Entity::Instance(instance) => {
+                if register(ctx, &mut seen, Kind::Instance, name, &instance.name) {
                     fleet
                         .instances
-                        .insert(instance.name.value.clone(), instance);
+                        .insert(instance.name.value.clone(), *instance);
                 }
             }
         }
@@ -173,7 +233,7 @@ fn build(documents: &[Document<'_>], sources: &SourceMap, ctx: &mut Ctx) -> Flee
 
 /// Checks an entity's id against its file name and the ids seen so far; true when it may be
 /// added to the fleet.
-fn file(
+fn register(
     ctx: &mut Ctx,
     seen: &mut HashMap<(Kind, String), Span>,
     kind: Kind,
@@ -457,4 +517,56 @@ fn reference<T>(
     }
     ctx.push(diagnostic);
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::Content;
+
+    /// A fleet of `count` partners, every seventh one with a problem.
+    fn partners(count: usize) -> Vec<Input> {
+        let mut inputs = vec![Input {
+            path: "fleet.toml".to_string(),
+            content: Content::Bytes(b"name = \"f\"\n".to_vec()),
+        }];
+        for index in 0..count {
+            let email = if index % 7 == 0 {
+                "nobody"
+            } else {
+                "ops@p.example"
+            };
+            let text = format!("id = \"p{index}\"\nname = \"P\"\nemail = \"{email}\"\n");
+            inputs.push(Input {
+                path: format!("partners/p{index}.toml"),
+                content: Content::Bytes(text.into_bytes()),
+            });
+        }
+        inputs
+    }
+
+    fn decode_with(workers: usize) -> (Vec<String>, Vec<Diagnostic>) {
+        let limits = Limits::default();
+        let loaded = load::read(partners(1_000), &limits);
+        let mut ctx = Ctx::new(Vec::new());
+        let decoded = decode_all(&loaded, &limits, workers, &mut ctx);
+        let ids = decoded
+            .into_iter()
+            .map(|(file, _)| loaded.sources.path(file).to_string())
+            .collect();
+        (ids, ctx.diagnostics)
+    }
+
+    #[test]
+    fn decoding_on_several_threads_gives_what_one_thread_gives() {
+        let (one_ids, one_diagnostics) = decode_with(1);
+        assert_eq!(one_diagnostics.len(), 1_000usize.div_ceil(7));
+        assert_eq!(one_ids.len(), 1_001 - one_diagnostics.len());
+        for workers in [2, 3, 8] {
+            assert_eq!(
+                decode_with(workers),
+                (one_ids.clone(), one_diagnostics.clone())
+            );
+        }
+    }
 }

@@ -10,8 +10,9 @@ use crate::{
     validate::decode::Ctx,
 };
 
-/// Prefixes of widely used token formats.
-const TOKEN_PREFIXES: &[&str] = &[
+/// Marks of widely used token formats and of PEM private keys. Each ends in `_` or `-`, so
+/// only the few places of a string where one of those characters stands are compared.
+const TOKEN_MARKS: &[&str] = &[
     "ghp_",
     "gho_",
     "ghu_",
@@ -21,7 +22,7 @@ const TOKEN_PREFIXES: &[&str] = &[
     "xoxb-",
     "xoxp-",
     "sk_live_",
-    "-----BEGIN",
+    "PRIVATE KEY-",
 ];
 
 /// Keys whose values are secrets by name.
@@ -84,25 +85,42 @@ pub fn scan(node: &Node<'_>, ctx: &mut Ctx) {
 }
 
 /// What kind of secret `text` holds, if any.
+///
+/// One pass over the bytes: only at a `:` (a URL's scheme) or at a `_` or `-` (where a
+/// token mark ends) is anything compared, which keeps the scan cheap on large fleets.
 fn secret_in(text: &str) -> Option<&'static str> {
     if text.starts_with("env:") {
         return None;
     }
-    if let Some((_, rest)) = text.split_once("://") {
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-        if let Some((userinfo, _)) = authority.rsplit_once('@')
-            && userinfo
-                .split_once(':')
-                .is_some_and(|(_, password)| !password.is_empty())
-        {
-            return Some("a password in a URL");
+    let bytes = text.as_bytes();
+    // Tokens are long; most strings of a fleet are short and skip this.
+    let may_hold_token = bytes.len() >= 16;
+    for (at, byte) in bytes.iter().enumerate() {
+        match byte {
+            b':' if bytes[at + 1..].starts_with(b"//") && url_has_password(&text[at + 3..]) => {
+                return Some("a password in a URL");
+            }
+            b'_' | b'-'
+                if may_hold_token
+                    && TOKEN_MARKS
+                        .iter()
+                        .any(|mark| bytes[..=at].ends_with(mark.as_bytes())) =>
+            {
+                return Some("an access token or private key");
+            }
+            _ => {}
         }
     }
-    // Tokens are long; most strings of a fleet are short and skip this.
-    if text.len() >= 16 && TOKEN_PREFIXES.iter().any(|prefix| text.contains(prefix)) {
-        return Some("an access token or private key");
-    }
     None
+}
+
+/// Whether the part of a URL after `scheme://` has a password in its user information.
+fn url_has_password(rest: &str) -> bool {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority
+        .rsplit_once('@')
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .is_some_and(|(_, password)| !password.is_empty())
 }
 
 #[cfg(test)]
@@ -118,5 +136,7 @@ mod tests {
         assert!(secret_in("unix:///var/run/docker.sock").is_none());
         assert!(secret_in("env:WAKAFLEET_DATABASE_URL").is_none());
         assert!(secret_in("https://example.com/a:b@c").is_none());
+        assert!(secret_in("a-long-instance-name-with_underscores").is_none());
+        assert!(secret_in("xoxb-0123456789-abcdefghij").is_some());
     }
 }

@@ -265,8 +265,8 @@ fn to_yaml(doc: &Doc, indent: usize, out: &mut String) {
     }
 }
 
-/// Validates the files and checks every diagnostic's span lies in its file.
-fn check(files: Vec<(String, Vec<u8>)>) {
+/// Validates files given as bytes.
+fn validate_bytes(files: Vec<(String, Vec<u8>)>) -> validate::Validation {
     let inputs = files
         .into_iter()
         .map(|(path, bytes)| Input {
@@ -274,7 +274,12 @@ fn check(files: Vec<(String, Vec<u8>)>) {
             content: Content::Bytes(bytes),
         })
         .collect();
-    let validation = validate::check(inputs, &Limits::default());
+    validate::check(inputs, &Limits::default())
+}
+
+/// Validates the files and checks every diagnostic's span lies in its file.
+fn check(files: Vec<(String, Vec<u8>)>) {
+    let validation = validate_bytes(files);
     for diagnostic in &validation.diagnostics {
         let span = diagnostic.primary;
         let text = validation.sources.text(span.file);
@@ -369,14 +374,7 @@ fn generated_documents_are_well_formed_for_valid_input() {
         "partners/q.yaml".to_string(),
         text_for("partners/q.yaml", &doc),
     ));
-    let inputs = fleet
-        .into_iter()
-        .map(|(path, bytes)| Input {
-            path,
-            content: Content::Bytes(bytes),
-        })
-        .collect();
-    let validation = validate::check(inputs, &Limits::default());
+    let validation = validate_bytes(fleet);
     let codes: Vec<_> = validation
         .diagnostics
         .iter()

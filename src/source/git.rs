@@ -63,7 +63,7 @@ pub fn read_commit(path: &Path, rev: &str, limits: &Limits) -> Result<Snapshot, 
         entries: Vec::new(),
     };
     walker.walk(&tree, "")?;
-    let inputs = read_blobs(&repository, walker.entries, limits)?;
+    let inputs = read_blobs(&repository, &walker.entries, limits)?;
     Ok(Snapshot {
         commit: commit_id,
         inputs,
@@ -143,50 +143,24 @@ impl Walker<'_> {
 }
 
 /// Blobs per thread below which a second thread costs more than it saves.
-const BLOBS_PER_WORKER: usize = 1024;
+const BLOBS_PER_THREAD: usize = 1024;
 
 /// Reads the blobs of the found files, on several threads when there are many (each opens
 /// the repository itself: a `Repository` is not shared between threads).
 fn read_blobs(
     repository: &Repository,
-    entries: Vec<(String, Found)>,
+    entries: &[(String, Found)],
     limits: &Limits,
 ) -> Result<Vec<Input>, Error> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let workers = threads.min(entries.len() / BLOBS_PER_WORKER).max(1);
-    if workers == 1 {
-        return read_chunk(repository, entries, limits);
-    }
-    let chunk = entries.len().div_ceil(workers);
-    let mut chunks = Vec::with_capacity(workers);
-    let mut entries = entries.into_iter().peekable();
-    while entries.peek().is_some() {
-        chunks.push(entries.by_ref().take(chunk).collect::<Vec<_>>());
-    }
     let path = repository.path();
-    let results: Vec<Result<Vec<Input>, Error>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                scope.spawn(move || {
-                    let repository = Repository::open(path).map_err(|source| Error::Git {
-                        what: "the repository".to_string(),
-                        source,
-                    })?;
-                    read_chunk(&repository, chunk, limits)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
+    let results = crate::parallel::map_chunks(entries, BLOBS_PER_THREAD, |chunk| {
+        let repository = Repository::open(path).map_err(|source| Error::Git {
+            what: "the repository".to_string(),
+            source,
+        })?;
+        read_chunk(&repository, chunk, limits)
     });
-    let mut inputs = Vec::new();
+    let mut inputs = Vec::with_capacity(entries.len());
     for result in results {
         inputs.extend(result?);
     }
@@ -195,7 +169,7 @@ fn read_blobs(
 
 fn read_chunk(
     repository: &Repository,
-    entries: Vec<(String, Found)>,
+    entries: &[(String, Found)],
     limits: &Limits,
 ) -> Result<Vec<Input>, Error> {
     let odb = repository.odb().map_err(|source| Error::Git {
@@ -206,7 +180,7 @@ fn read_chunk(
     for (path, found) in entries {
         let content = match found {
             Found::Blob(id) => {
-                let object = odb.read(id).map_err(|source| Error::Git {
+                let object = odb.read(*id).map_err(|source| Error::Git {
                     what: path.clone(),
                     source,
                 })?;
@@ -217,9 +191,12 @@ fn read_chunk(
                     Content::Bytes(object.data().to_vec())
                 }
             }
-            Found::Other(content) => content,
+            Found::Other(content) => content.clone(),
         };
-        inputs.push(Input { path, content });
+        inputs.push(Input {
+            path: path.clone(),
+            content,
+        });
     }
     Ok(inputs)
 }

@@ -19,6 +19,7 @@ use crate::{
         Channel, ChannelMode, Fleet, Instance, InstanceState, Partner, Release, Resources,
         Settings, Tenant,
     },
+    parallel,
 };
 
 use decode::Ctx;
@@ -69,7 +70,7 @@ impl Validation {
 pub fn check(inputs: Vec<Input>, limits: &Limits) -> Validation {
     let mut loaded = load::read(inputs, limits);
     let mut ctx = Ctx::new(std::mem::take(&mut loaded.diagnostics));
-    let decoded = decode_all(&loaded, limits, workers(loaded.files.len()), &mut ctx);
+    let decoded = decode_all(&loaded, limits, &mut ctx);
     let fleet = file_entities(decoded, &loaded.sources, &mut ctx);
     cross_check(&fleet, &mut ctx);
     let mut diagnostics = ctx.diagnostics;
@@ -93,48 +94,17 @@ enum Entity {
 }
 
 /// Files per thread below which a second thread costs more than it saves.
-const FILES_PER_WORKER: usize = 512;
+const FILES_PER_THREAD: usize = 512;
 
-/// How many threads decode `files` files.
-fn workers(files: usize) -> usize {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    threads.min(files / FILES_PER_WORKER).max(1)
-}
-
-/// Parses, scans and decodes every file on `workers` threads; the entities come back in
-/// file order.
-fn decode_all(
-    loaded: &Loaded,
-    limits: &Limits,
-    workers: usize,
-    ctx: &mut Ctx,
-) -> Vec<(FileId, Entity)> {
-    let files = &loaded.files;
-    if workers <= 1 {
-        return decode_files(loaded, files, limits, ctx);
-    }
-    let chunk = files.len().div_ceil(workers);
-    let results: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .chunks(chunk)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    let mut ctx = Ctx::new(Vec::new());
-                    let entities = decode_files(loaded, chunk, limits, &mut ctx);
-                    (entities, ctx.diagnostics)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
+/// Parses, scans and decodes every file, on several threads for large fleets; the entities
+/// come back in file order.
+fn decode_all(loaded: &Loaded, limits: &Limits, ctx: &mut Ctx) -> Vec<(FileId, Entity)> {
+    let results = parallel::map_chunks(&loaded.files, FILES_PER_THREAD, |files| {
+        let mut ctx = Ctx::new(Vec::new());
+        let entities = decode_files(loaded, files, limits, &mut ctx);
+        (entities, ctx.diagnostics)
     });
-    let mut entities = Vec::with_capacity(files.len());
+    let mut entities = Vec::with_capacity(loaded.files.len());
     for (chunk_entities, diagnostics) in results {
         entities.extend(chunk_entities);
         ctx.diagnostics.extend(diagnostics);
@@ -545,16 +515,20 @@ mod tests {
         inputs
     }
 
-    fn decode_with(workers: usize) -> (Vec<String>, Vec<Diagnostic>) {
+    fn decode_with(threads: usize) -> (Vec<String>, Vec<Diagnostic>) {
         let limits = Limits::default();
         let loaded = load::read(partners(1_000), &limits);
-        let mut ctx = Ctx::new(Vec::new());
-        let decoded = decode_all(&loaded, &limits, workers, &mut ctx);
-        let ids = decoded
-            .into_iter()
-            .map(|(file, _)| loaded.sources.path(file).to_string())
-            .collect();
-        (ids, ctx.diagnostics)
+        let results = parallel::map_chunks_on(threads, &loaded.files, |files| {
+            let mut ctx = Ctx::new(Vec::new());
+            let entities = decode_files(&loaded, files, &limits, &mut ctx);
+            let paths: Vec<String> = entities
+                .iter()
+                .map(|(file, _)| loaded.sources.path(*file).to_string())
+                .collect();
+            (paths, ctx.diagnostics)
+        });
+        let (paths, diagnostics): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+        (paths.concat(), diagnostics.concat())
     }
 
     #[test]

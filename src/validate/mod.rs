@@ -543,4 +543,23 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn only_a_fleet_without_errors_is_valid() {
+        let limits = Limits::default();
+        let mut invalid = check(partners(7), &limits);
+        assert!(invalid.has_errors());
+        assert!(invalid.take_valid().is_none());
+        assert_eq!(
+            invalid.fleet.partners.len(),
+            6,
+            "what could be built is kept"
+        );
+
+        let mut inputs = partners(7);
+        inputs.remove(1); // p0, the partner without a valid email
+        let mut valid = check(inputs, &limits);
+        let fleet = valid.take_valid().expect("no errors");
+        assert_eq!(fleet.fleet().partners.len(), 6);
+    }
 }

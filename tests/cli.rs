@@ -41,6 +41,14 @@ fn commit_all(dir: &Path, message: &str) -> git2::Oid {
         .expect("commit")
 }
 
+/// Runs `wakafleet` and expects exit 1 with `message` on stderr.
+fn fails_with(dir: &Path, args: &[&str], message: &str) {
+    let output = wakafleet(dir, args);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(message), "{stderr}");
+}
+
 #[test]
 fn the_example_fleet_is_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -134,12 +142,10 @@ fn text_output_is_coloured_on_a_terminal_unless_no_color() {
 #[test]
 fn a_missing_folder_is_an_error_that_names_it() {
     let dir = tempfile::tempdir().expect("temporary folder");
-    let output = wakafleet(dir.path(), &["validate", "no-such-fleet"]);
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("reading fleet folder `no-such-fleet`"),
-        "{stderr}"
+    fails_with(
+        dir.path(),
+        &["validate", "no-such-fleet"],
+        "reading fleet folder `no-such-fleet`",
     );
 }
 
@@ -237,22 +243,21 @@ fn an_unknown_rev_is_an_error() {
     let repo = tempfile::tempdir().expect("temporary folder");
     write(repo.path(), "fleet.toml", FLEET_TOML);
     commit_all(repo.path(), "fleet");
-    let output = wakafleet(repo.path(), &["validate", ".", "--rev", "no-such-branch"]);
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("resolving `no-such-branch` to a commit"),
-        "{stderr}"
+    fails_with(
+        repo.path(),
+        &["validate", ".", "--rev", "no-such-branch"],
+        "resolving `no-such-branch` to a commit",
     );
 }
 
 #[test]
 fn rev_outside_a_repository_is_an_error() {
     let fleet = minimal_fleet();
-    let output = wakafleet(fleet.path(), &["validate", ".", "--rev", "HEAD"]);
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("no git repository holds"), "{stderr}");
+    fails_with(
+        fleet.path(),
+        &["validate", ".", "--rev", "HEAD"],
+        "no git repository holds",
+    );
 }
 
 #[test]

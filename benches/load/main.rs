@@ -433,14 +433,8 @@ fn parse_yaml(text: &str) -> Option<Yaml> {
 /// The floor: open the repository, walk HEAD's tree, read every blob with git2 and parse
 /// each into an untyped value. Returns the parsed files, so dropping them is not timed.
 fn floor(dir: &Path) -> Vec<Document> {
-    let repository = Repository::open(dir).expect("opening the repository");
-    let tree = repository
-        .revparse_single("HEAD")
-        .and_then(|object| object.peel_to_tree())
-        .expect("HEAD's tree");
-    let odb = repository.odb().expect("the object database");
     let mut documents = Vec::new();
-    walk(&repository, &odb, &tree, &mut |name, bytes| {
+    each_blob_at_head(dir, &mut |name, bytes| {
         let text = std::str::from_utf8(bytes).expect("UTF-8");
         let document = if name.ends_with(b".toml") {
             Document::Toml(
@@ -459,17 +453,21 @@ fn floor(dir: &Path) -> Vec<Document> {
 
 /// The git part of the floor alone: every blob read, none parsed.
 fn git_read(dir: &Path) -> Vec<Vec<u8>> {
+    let mut blobs = Vec::new();
+    each_blob_at_head(dir, &mut |_, bytes| blobs.push(bytes.to_vec()));
+    blobs
+}
+
+/// Opens the repository at `dir` and calls `f` with the name and bytes of every blob of
+/// HEAD's tree.
+fn each_blob_at_head(dir: &Path, f: &mut impl FnMut(&[u8], &[u8])) {
     let repository = Repository::open(dir).expect("opening the repository");
     let tree = repository
         .revparse_single("HEAD")
         .and_then(|object| object.peel_to_tree())
         .expect("HEAD's tree");
     let odb = repository.odb().expect("the object database");
-    let mut blobs = Vec::new();
-    walk(&repository, &odb, &tree, &mut |_, bytes| {
-        blobs.push(bytes.to_vec())
-    });
-    blobs
+    walk(&repository, &odb, &tree, f);
 }
 
 fn walk(repository: &Repository, odb: &Odb<'_>, tree: &Tree<'_>, f: &mut impl FnMut(&[u8], &[u8])) {

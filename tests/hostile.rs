@@ -184,3 +184,29 @@ fn yaml_nulls_count_as_missing() {
         ]
     );
 }
+
+#[test]
+fn a_byte_order_mark_is_accepted() {
+    let fleet = minimal_fleet();
+    let partner = "id = \"p\"\nname = \"P\"\nemail = \"ops@p.example\"\n";
+    write(
+        fleet.path(),
+        "partners/p.toml",
+        format!("\u{feff}{partner}"),
+    );
+    write(
+        fleet.path(),
+        "partners/q.yaml",
+        "\u{feff}id: q\nname: Q\nemail: ops@q.example\ncolour: red\n",
+    );
+    let output = wakafleet(fleet.path(), &["validate", ".", "--format", "json"]);
+    assert_eq!(
+        diagnostics(&output),
+        vec![(
+            "unknown-field".to_string(),
+            "partners/q.yaml".to_string(),
+            4,
+            1
+        )]
+    );
+}

@@ -3,9 +3,11 @@
 //! Modules in reading order: the pure core first (no I/O, no clock), edges after.
 
 pub mod diag;
-pub mod load;
 pub mod model;
-pub mod parallel;
+pub mod load;
 pub mod validate;
+pub mod policy;
+pub mod plan;
+pub mod parallel;
 
 pub mod source;

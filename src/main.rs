@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Validate(args) => cli::validate::run(args),
+        Command::Plan(args) => cli::plan::run(args),
         Command::Schema(args) => cli::schema::run(args),
     };
     result.unwrap_or_else(|error| {

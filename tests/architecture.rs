@@ -1,9 +1,12 @@
-//! The core does no I/O: `diag`, `model`, `load`, `validate` and `parallel` import no async runtime,
+//! The core does no I/O and reads no clock: `diag`, `model`, `load`, `validate`, `policy`,
+//! `plan` and `parallel` import no async runtime,
 //! database, container, network or git crate, and do not touch the file system.
 
 use std::path::Path;
 
-const CORE: &[&str] = &["diag", "model", "load", "validate", "parallel"];
+const CORE: &[&str] = &[
+    "diag", "model", "load", "validate", "policy", "plan", "parallel",
+];
 const FORBIDDEN: &[&str] = &[
     "tokio",
     "sqlx",
@@ -14,6 +17,9 @@ const FORBIDDEN: &[&str] = &[
     "std::fs",
     "std::net",
     "std::process",
+    "Utc::now",
+    "SystemTime",
+    "Instant::now",
 ];
 
 fn rust_files(dir: &Path, files: &mut Vec<std::path::PathBuf>) {

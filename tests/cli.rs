@@ -5,41 +5,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{FLEET_TOML, diagnostics, minimal_fleet, wakafleet, write};
+use common::{FLEET_TOML, commit_all, diagnostics, minimal_fleet, wakafleet, write};
 
 const PARTNER: &str = "id = \"acme\"\nname = \"Acme\"\nemail = \"ops@acme.example\"\n";
-
-/// Commits everything in the work tree of `dir` (a repository is created on first use).
-fn commit_all(dir: &Path, message: &str) -> git2::Oid {
-    let repository = git2::Repository::open(dir)
-        .or_else(|_| git2::Repository::init(dir))
-        .expect("open or create a repository");
-    let mut index = repository.index().expect("index");
-    index
-        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-        .expect("stage files");
-    index.update_all(["*"], None).expect("stage removals");
-    index.write().expect("write index");
-    let tree = repository
-        .find_tree(index.write_tree().expect("write tree"))
-        .expect("find tree");
-    let signature = git2::Signature::now("Test", "test@example.com").expect("signature");
-    let parent = repository
-        .head()
-        .ok()
-        .and_then(|head| head.peel_to_commit().ok());
-    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-    repository
-        .commit(
-            Some("HEAD"),
-            &signature,
-            &signature,
-            message,
-            &tree,
-            &parents,
-        )
-        .expect("commit")
-}
 
 /// Runs `wakafleet` and expects exit 1 with `message` on stderr.
 fn fails_with(dir: &Path, args: &[&str], message: &str) {

@@ -3,6 +3,7 @@
 //! Commands print what the user asked for to stdout and return an exit code; failures that
 //! stop a command are returned as errors and reported once by `main`.
 
+pub mod plan;
 pub mod schema;
 pub mod validate;
 
@@ -24,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Check a fleet folder (or a commit of it) and report every problem.
     Validate(validate::Args),
+    /// Show what would change, when, and why: the dry run a pull request is reviewed by.
+    Plan(plan::Args),
     /// Write the JSON Schema of each kind of fleet file.
     Schema(schema::Args),
 }

@@ -102,3 +102,37 @@ pub fn diagnostics(output: &Output) -> Vec<(String, String, u64, u64)> {
         })
         .collect()
 }
+
+/// Commits everything in the work tree of `dir` (a repository is created on first use).
+pub fn commit_all(dir: &Path, message: &str) -> git2::Oid {
+    let repository = git2::Repository::open(dir)
+        .or_else(|_| git2::Repository::init(dir))
+        .expect("open or create a repository");
+    let mut index = repository.index().expect("index");
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .expect("stage files");
+    index.update_all(["*"], None).expect("stage removals");
+    index.write().expect("write index");
+    let tree = repository
+        .find_tree(index.write_tree().expect("write tree"))
+        .expect("find tree");
+    // A fixed time makes commit hashes, and so snapshots that show them, repeatable.
+    let time = git2::Time::new(1_767_225_600, 0);
+    let signature = git2::Signature::new("Test", "test@example.com", &time).expect("signature");
+    let parent = repository
+        .head()
+        .ok()
+        .and_then(|head| head.peel_to_commit().ok());
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    repository
+        .commit(
+            Some("HEAD"),
+            &signature,
+            &signature,
+            message,
+            &tree,
+            &parents,
+        )
+        .expect("commit")
+}

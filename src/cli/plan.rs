@@ -1,0 +1,137 @@
+//! `wakafleet plan [PATH] [--base REF | --state FILE] [--head REF] [--at RFC3339]
+//! [--format text|markdown|json] [--detailed-exitcode]`
+
+use std::{path::PathBuf, process::ExitCode};
+
+use chrono::{DateTime, Utc};
+
+use wakafleet::{
+    diag::render as diag_render,
+    load::{Input, Limits},
+    plan::{self, render::Commits},
+    source,
+    validate::{self, Validation},
+};
+
+use crate::cli;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Markdown,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The fleet folder.
+    #[arg(default_value = "fleet")]
+    pub path: PathBuf,
+    /// Plan against the converged state of this commit of the repository holding PATH.
+    #[arg(long, value_name = "REF", conflicts_with = "state")]
+    pub base: Option<String>,
+    /// Plan against a state snapshot written by `wakafleet state export`.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Plan this commit instead of the work tree at PATH.
+    #[arg(long, value_name = "REF")]
+    pub head: Option<String>,
+    /// The moment to plan for (RFC 3339); now when left out.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub at: Option<DateTime<Utc>>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Exit 0 when there is nothing to do, 2 when there are actions, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|error| {
+            format!("`{text}` is not an RFC 3339 time such as 2026-01-31T00:00:00Z: {error}")
+        })
+}
+
+/// Reads the fleet at PATH, from the work tree or from a commit.
+fn read(
+    args: &Args,
+    rev: Option<&str>,
+    limits: &Limits,
+) -> Result<(Vec<Input>, Option<String>), cli::Error> {
+    match rev {
+        Some(rev) => {
+            let snapshot = source::read_commit(&args.path, rev, limits)?;
+            Ok((snapshot.inputs, Some(snapshot.commit)))
+        }
+        None => Ok((source::read_folder(&args.path, limits)?, None)),
+    }
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
+    let limits = Limits::default();
+    let at = args.at.unwrap_or_else(Utc::now);
+    let (inputs, head_commit) = read(args, args.head.as_deref(), &limits)?;
+    let mut head = validate::check(inputs, &limits);
+    let Some(desired) = head.take_valid() else {
+        print_diagnostics(&head, args.format)?;
+        return Ok(ExitCode::FAILURE);
+    };
+
+    let (actual, base_commit) = match (&args.base, &args.state) {
+        (Some(rev), _) => {
+            let (inputs, commit) = read(args, Some(rev), &limits)?;
+            let mut base = validate::check(inputs, &limits);
+            let Some(base_fleet) = base.take_valid() else {
+                print_diagnostics(&base, args.format)?;
+                return Err(format!(
+                    "the base `{rev}` is not a valid fleet; its diagnostics are above"
+                )
+                .into());
+            };
+            (plan::converged_base(base_fleet.fleet()), commit)
+        }
+        (None, Some(file)) => {
+            return Err(format!(
+                "reading state snapshots (`--state {}`) is not supported yet; use `--base REF`",
+                file.display()
+            )
+            .into());
+        }
+        (None, None) => {
+            return Err("wakafleet has no store yet: plan against a commit with `--base REF` or a state snapshot with `--state FILE`".into());
+        }
+    };
+
+    let plan = plan::compute(&desired, &head.sources, &actual, at);
+    let commits = Commits {
+        base: base_commit.as_deref(),
+        head: head_commit.as_deref(),
+    };
+    let output = match args.format {
+        Format::Text => plan::render::text(&plan, commits, cli::stdout_color()),
+        Format::Markdown => plan::render::markdown(&plan, commits),
+        Format::Json => {
+            let entries = diag_render::entries(&head.diagnostics, &head.sources);
+            plan::render::json(&plan, commits, entries) + "\n"
+        }
+    };
+    cli::print(&output)?;
+    Ok(match (args.detailed_exitcode, plan.is_empty()) {
+        (true, false) => ExitCode::from(2),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+fn print_diagnostics(validation: &Validation, format: Format) -> Result<(), cli::Error> {
+    let output = match format {
+        Format::Json => diag_render::json(&validation.diagnostics, &validation.sources) + "\n",
+        Format::Text | Format::Markdown => diag_render::text(
+            &validation.diagnostics,
+            &validation.sources,
+            cli::stdout_color(),
+        ),
+    };
+    cli::print(&output)
+}

@@ -1,0 +1,122 @@
+//! What is deployed: the actual state a plan is computed against.
+//!
+//! Entities other than instances are recorded as the fields the fleet gave them; instances
+//! as the version they run, their lifecycle state, their resources and their configuration.
+//! [`converged_base`] derives an actual state from a fleet, as if the daemon had carried out
+//! everything that fleet implies: the offline stand-in for the daemon's records.
+
+use std::collections::BTreeMap;
+
+use semver::Version;
+
+use crate::{
+    model::{Fleet, Instance, InstanceState, Resources},
+    plan::fields::{self, Fields},
+    policy, validate,
+};
+
+/// The kinds of resource a plan acts on, in the order plans list them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceType {
+    Partner,
+    Tenant,
+    Channel,
+    Release,
+    Instance,
+}
+
+impl ResourceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceType::Partner => "partner",
+            ResourceType::Tenant => "tenant",
+            ResourceType::Channel => "channel",
+            ResourceType::Release => "release",
+            ResourceType::Instance => "instance",
+        }
+    }
+}
+
+/// The lifecycle state an instance is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RunState {
+    Active,
+    Suspended,
+    Terminated,
+}
+
+/// One deployed instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActualInstance {
+    pub version: Version,
+    pub state: RunState,
+    pub resources: Resources,
+    /// The configuration it was deployed with, field by field (see `plan::fields`).
+    pub config: Fields,
+}
+
+/// Everything deployed or recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Actual {
+    /// Partners, tenants, channels and releases as recorded, field by field.
+    pub entities: BTreeMap<(ResourceType, String), Fields>,
+    pub instances: BTreeMap<String, ActualInstance>,
+}
+
+/// The lifecycle state the fleet asks of an instance: its own `state`, but suspended when
+/// its partner or tenant is.
+pub fn effective_state(fleet: &Fleet, instance: &Instance) -> RunState {
+    let suspended_owner = fleet
+        .partners
+        .get(&instance.partner.value)
+        .is_some_and(|partner| partner.state == crate::model::Standing::Suspended)
+        || instance
+            .tenant
+            .as_ref()
+            .and_then(|tenant| fleet.tenants.get(&tenant.value))
+            .is_some_and(|tenant| tenant.state == crate::model::Standing::Suspended);
+    match instance.state {
+        InstanceState::Terminated => RunState::Terminated,
+        InstanceState::Suspended => RunState::Suspended,
+        InstanceState::Active if suspended_owner => RunState::Suspended,
+        InstanceState::Active => RunState::Active,
+    }
+}
+
+/// The actual state of a fleet whose every implied change has been carried out: each
+/// instance exists in its state at the version its channel selects (maintenance windows
+/// ignored, approvals given in the fleet honoured). Terminated instances are recorded as
+/// terminated.
+pub fn converged_base(fleet: &Fleet) -> Actual {
+    let mut actual = Actual {
+        entities: fields::entities(fleet),
+        instances: BTreeMap::new(),
+    };
+    for instance in fleet.instances.values() {
+        let Some(channel) = fleet.channels.get(&instance.channel.value) else {
+            continue;
+        };
+        let input = policy::Input {
+            instance,
+            channel,
+            releases: &fleet.releases,
+            actual: None,
+        };
+        let (Some(version), Some(resources)) = (
+            policy::converged(&input),
+            validate::resources_of(fleet, instance),
+        ) else {
+            continue;
+        };
+        actual.instances.insert(
+            instance.name.value.clone(),
+            ActualInstance {
+                version,
+                state: effective_state(fleet, instance),
+                resources,
+                config: fields::instance_config(instance),
+            },
+        );
+    }
+    actual
+}

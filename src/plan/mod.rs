@@ -1,0 +1,459 @@
+//! The plan: what must change to take the actual state to the desired fleet, and when.
+//!
+//! [`compute`] compares a [`ValidFleet`] with an [`Actual`] state at a given time and returns
+//! a [`Plan`]: one [`Action`] per change, with its status (ready, deferred to a maintenance
+//! window, or blocked), the field-level changes and the reason in words. Version changes
+//! come from `policy`. A plan is a value; `render` turns it into text, Markdown or JSON.
+//! Nothing here reads files, a clock or the store.
+
+pub mod actual;
+pub mod fields;
+pub mod render;
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use semver::Version;
+
+use crate::{
+    diag::SourceMap,
+    model::{Fleet, Instance},
+    policy::{self, BlockedReason, Status},
+    validate::{self, ValidFleet},
+};
+
+pub use actual::{Actual, ActualInstance, ResourceType, RunState, converged_base, effective_state};
+pub use fields::Fields;
+
+/// What an action does, in the order a plan lists the actions of one resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Create,
+    Update,
+    Provision,
+    Resume,
+    Configure,
+    Scale,
+    Upgrade,
+    Downgrade,
+    Suspend,
+    Terminate,
+    Delete,
+    Orphaned,
+}
+
+impl Kind {
+    /// Every kind, in plan order.
+    pub const ALL: &[Kind] = &[
+        Kind::Create,
+        Kind::Update,
+        Kind::Provision,
+        Kind::Resume,
+        Kind::Configure,
+        Kind::Scale,
+        Kind::Upgrade,
+        Kind::Downgrade,
+        Kind::Suspend,
+        Kind::Terminate,
+        Kind::Delete,
+        Kind::Orphaned,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Create => "create",
+            Kind::Update => "update",
+            Kind::Provision => "provision",
+            Kind::Resume => "resume",
+            Kind::Configure => "configure",
+            Kind::Scale => "scale",
+            Kind::Upgrade => "upgrade",
+            Kind::Downgrade => "downgrade",
+            Kind::Suspend => "suspend",
+            Kind::Terminate => "terminate",
+            Kind::Delete => "delete",
+            Kind::Orphaned => "orphaned",
+        }
+    }
+}
+
+/// One field's value before and after; `None` where the field is absent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub field: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+/// One change the plan calls for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Action {
+    pub kind: Kind,
+    pub resource_type: ResourceType,
+    pub id: String,
+    pub status: Status,
+    pub not_before: Option<DateTime<Utc>>,
+    pub blocked_reason: Option<BlockedReason>,
+    /// For upgrades and downgrades.
+    pub from: Option<Version>,
+    pub to: Option<Version>,
+    pub changes: Vec<Change>,
+    pub reason: String,
+}
+
+impl Action {
+    fn new(kind: Kind, resource_type: ResourceType, id: &str, reason: String) -> Action {
+        Action {
+            kind,
+            resource_type,
+            id: id.to_string(),
+            status: Status::Ready,
+            not_before: None,
+            blocked_reason: None,
+            from: None,
+            to: None,
+            changes: Vec::new(),
+            reason,
+        }
+    }
+}
+
+/// The actions that take an actual state to a fleet, sorted by resource type, id and kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub at: DateTime<Utc>,
+    pub actions: Vec<Action>,
+    /// Releases that are available but that nothing approves yet, each with what would
+    /// approve it (all blocked). Not actions: the daemon does nothing about them.
+    pub advisories: Vec<Action>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+
+    /// How many actions have `status`.
+    pub fn count_status(&self, status: Status) -> usize {
+        self.actions
+            .iter()
+            .filter(|action| action.status == status)
+            .count()
+    }
+
+    /// How many actions are of `kind`.
+    pub fn count_kind(&self, kind: Kind) -> usize {
+        self.actions
+            .iter()
+            .filter(|action| action.kind == kind)
+            .count()
+    }
+}
+
+/// The plan that takes `actual` to `desired` at `now`.
+///
+/// `sources` are the desired fleet's files, so reasons can name them.
+pub fn compute(
+    desired: &ValidFleet,
+    sources: &SourceMap,
+    actual: &Actual,
+    now: DateTime<Utc>,
+) -> Plan {
+    let fleet = desired.fleet();
+    let mut actions = entity_actions(fleet, actual);
+    let mut advisories = Vec::new();
+    let names: BTreeSet<&String> = fleet
+        .instances
+        .keys()
+        .chain(actual.instances.keys())
+        .collect();
+    for name in names {
+        match (fleet.instances.get(name), actual.instances.get(name)) {
+            (Some(instance), deployed) => {
+                let file = sources.path(instance.name.span.file);
+                let decisions =
+                    instance_actions(fleet, instance, file, deployed, now, &mut actions);
+                for (decision, action) in decisions {
+                    if decision {
+                        advisories.push(action);
+                    } else {
+                        actions.push(action);
+                    }
+                }
+            }
+            (None, Some(deployed)) if deployed.state != RunState::Terminated => {
+                actions.push(Action::new(
+                    Kind::Orphaned,
+                    ResourceType::Instance,
+                    name,
+                    format!(
+                        "the file of instance `{name}` was removed; wakafleet never destroys an instance whose file is gone: restore the file with `state = \"terminated\"` to remove it"
+                    ),
+                ));
+            }
+            (None, _) => {}
+        }
+    }
+    let order = |a: &Action, b: &Action| {
+        (a.resource_type, &a.id, a.kind, &a.to).cmp(&(b.resource_type, &b.id, b.kind, &b.to))
+    };
+    actions.sort_by(order);
+    advisories.sort_by(order);
+    Plan {
+        at: now,
+        actions,
+        advisories,
+    }
+}
+
+/// Create, update and delete actions for partners, tenants, channels and releases.
+fn entity_actions(fleet: &Fleet, actual: &Actual) -> Vec<Action> {
+    let desired = fields::entities(fleet);
+    let keys: BTreeSet<&(ResourceType, String)> =
+        desired.keys().chain(actual.entities.keys()).collect();
+    let mut actions = Vec::new();
+    for key in keys {
+        let (resource_type, id) = key;
+        let (kind, reason) = match (desired.get(key), actual.entities.get(key)) {
+            (Some(_), None) => (
+                Kind::Create,
+                format!("{} `{id}` added", resource_type.as_str()),
+            ),
+            (None, Some(_)) => (
+                Kind::Delete,
+                format!("{} `{id}` removed", resource_type.as_str()),
+            ),
+            (Some(after), Some(before)) if after != before => (
+                Kind::Update,
+                format!("{} `{id}` changed", resource_type.as_str()),
+            ),
+            _ => continue,
+        };
+        let mut action = Action::new(kind, *resource_type, id, reason);
+        action.changes = diff(actual.entities.get(key), desired.get(key));
+        actions.push(action);
+    }
+    actions
+}
+
+/// The changes between two field maps, by field name.
+fn diff(before: Option<&Fields>, after: Option<&Fields>) -> Vec<Change> {
+    let empty = Fields::new();
+    let (before, after) = (before.unwrap_or(&empty), after.unwrap_or(&empty));
+    let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    names
+        .into_iter()
+        .filter(|name| before.get(*name) != after.get(*name))
+        .map(|name| Change {
+            field: name.clone(),
+            before: before.get(name).cloned(),
+            after: after.get(name).cloned(),
+        })
+        .collect()
+}
+
+/// Pushes the lifecycle, configuration and scaling actions of an instance, and returns its
+/// version changes, each marked true when it is an advisory.
+fn instance_actions(
+    fleet: &Fleet,
+    instance: &Instance,
+    file: &str,
+    deployed: Option<&ActualInstance>,
+    now: DateTime<Utc>,
+    actions: &mut Vec<Action>,
+) -> Vec<(bool, Action)> {
+    let name = &instance.name.value;
+    let state = effective_state(fleet, instance);
+    let channel = &fleet.channels[&instance.channel.value];
+    let resources =
+        validate::resources_of(fleet, instance).expect("a valid fleet sizes every instance");
+    let deployed = deployed.filter(|deployed| deployed.state != RunState::Terminated);
+    let Some(deployed) = deployed else {
+        if state == RunState::Terminated {
+            return Vec::new();
+        }
+        let input = policy::Input {
+            instance,
+            channel,
+            releases: &fleet.releases,
+            actual: None,
+        };
+        let Some(version) = policy::converged(&input) else {
+            let mut action = Action::new(
+                Kind::Provision,
+                ResourceType::Instance,
+                name,
+                format!(
+                    "{file} is new, but channel `{}` has no release to run",
+                    channel.name.value
+                ),
+            );
+            action.status = Status::Blocked;
+            action.blocked_reason = Some(BlockedReason::NoUpgradePath);
+            actions.push(action);
+            return Vec::new();
+        };
+        let mut action = Action::new(
+            Kind::Provision,
+            ResourceType::Instance,
+            name,
+            format!(
+                "{file} is new: provision {} at {version} in {}",
+                instance.kind, instance.region.value
+            ),
+        );
+        action.to = Some(version);
+        action.changes = diff(None, Some(&fields::instance_config(instance)));
+        actions.push(action);
+        if state == RunState::Suspended {
+            actions.push(Action::new(
+                Kind::Suspend,
+                ResourceType::Instance,
+                name,
+                suspend_reason(fleet, instance),
+            ));
+        }
+        return Vec::new();
+    };
+    if state == RunState::Terminated {
+        let region = &fleet.settings.regions[&instance.region.value];
+        actions.push(Action::new(
+            Kind::Terminate,
+            ResourceType::Instance,
+            name,
+            format!(
+                "state = \"terminated\" in {file}: a final backup is taken to {}/{name}-final.dump first, then its containers, network, volume, database and role are removed",
+                region.backups
+            ),
+        ));
+        return Vec::new();
+    }
+    match (deployed.state, state) {
+        (RunState::Active, RunState::Suspended) => {
+            actions.push(Action::new(
+                Kind::Suspend,
+                ResourceType::Instance,
+                name,
+                suspend_reason(fleet, instance),
+            ));
+        }
+        (RunState::Suspended, RunState::Active) => actions.push(Action::new(
+            Kind::Resume,
+            ResourceType::Instance,
+            name,
+            format!("{file}, its partner and its tenant are active again"),
+        )),
+        _ => {}
+    }
+    let changes = diff(
+        Some(&deployed.config),
+        Some(&fields::instance_config(instance)),
+    );
+    if !changes.is_empty() {
+        let mut action = Action::new(
+            Kind::Configure,
+            ResourceType::Instance,
+            name,
+            format!("configuration changed in {file}"),
+        );
+        action.changes = changes;
+        actions.push(action);
+    }
+    if deployed.resources != resources {
+        let mut action = Action::new(
+            Kind::Scale,
+            ResourceType::Instance,
+            name,
+            format!("resources changed in {file}"),
+        );
+        action.changes = resource_changes(&deployed.resources, &resources);
+        actions.push(action);
+    }
+    if state != RunState::Active {
+        // A suspended instance is upgraded when it resumes.
+        return Vec::new();
+    }
+    let input = policy::Input {
+        instance,
+        channel,
+        releases: &fleet.releases,
+        actual: Some(&deployed.version),
+    };
+    let mut decisions = Vec::new();
+    for decision in policy::decide(&input, now) {
+        let advisory = decision.advisory;
+        let kind = if decision.is_downgrade() {
+            Kind::Downgrade
+        } else {
+            Kind::Upgrade
+        };
+        let reason = if advisory {
+            decision.reason
+        } else {
+            format!("{file}: {}", decision.reason)
+        };
+        let mut action = Action::new(kind, ResourceType::Instance, name, reason);
+        action.status = decision.status;
+        action.not_before = decision.not_before;
+        action.blocked_reason = decision.blocked_reason;
+        action.changes = vec![Change {
+            field: "version".to_string(),
+            before: Some(decision.from.to_string()),
+            after: Some(decision.to.to_string()),
+        }];
+        action.from = Some(decision.from);
+        action.to = Some(decision.to);
+        decisions.push((advisory, action));
+    }
+    decisions
+}
+
+fn suspend_reason(fleet: &Fleet, instance: &Instance) -> String {
+    let name = &instance.name.value;
+    if instance.state == crate::model::InstanceState::Suspended {
+        return format!("state = \"suspended\" in instances/{name}: containers stop, data is kept");
+    }
+    let partner_suspended = fleet
+        .partners
+        .get(&instance.partner.value)
+        .is_some_and(|partner| partner.state == crate::model::Standing::Suspended);
+    if partner_suspended {
+        format!(
+            "partner `{}` is suspended: its instances stop, data is kept",
+            instance.partner.value
+        )
+    } else {
+        let tenant = instance
+            .tenant
+            .as_ref()
+            .map_or("", |tenant| tenant.value.as_str());
+        format!("tenant `{tenant}` is suspended: its instances stop, data is kept")
+    }
+}
+
+fn resource_changes(
+    before: &crate::model::Resources,
+    after: &crate::model::Resources,
+) -> Vec<Change> {
+    [
+        ("cpu", before.cpu.to_string(), after.cpu.to_string()),
+        (
+            "memory",
+            before.memory.to_string(),
+            after.memory.to_string(),
+        ),
+        (
+            "storage",
+            before.storage.to_string(),
+            after.storage.to_string(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, before, after)| before != after)
+    .map(|(field, before, after)| Change {
+        field: format!("resources.{field}"),
+        before: Some(before),
+        after: Some(after),
+    })
+    .collect()
+}

@@ -222,3 +222,193 @@ fn a_fleet_planned_against_its_own_converged_state_is_empty() {
         assert!(plan.actions.is_empty(), "at {at}: {:#?}", plan.actions);
     }
 }
+
+#[test]
+fn a_state_snapshot_is_planned_against() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet");
+    let inputs = source::read_folder(&example, &Limits::default()).expect("read the example");
+    let fleet = validate::check(inputs, &Limits::default()).fleet;
+    let mut actual = converged_base(&fleet);
+    let instance = actual
+        .instances
+        .get_mut("nairobi-hardware-production")
+        .expect("in the example");
+    instance.version = semver::Version::new(1, 4, 2);
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let snapshot = plan::snapshot::from_actual(&actual);
+    write(
+        dir.path(),
+        "state.json",
+        serde_json::to_string_pretty(&snapshot).expect("JSON"),
+    );
+    let state = dir.path().join("state.json");
+
+    let args = [
+        "plan",
+        "fleet",
+        "--state",
+        state.to_str().expect("UTF-8 path"),
+        "--at",
+        AT,
+        "--format",
+        "json",
+    ];
+    let output = wakafleet(Path::new(env!("CARGO_MANIFEST_DIR")), &args);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(json["base"], serde_json::Value::Null);
+    let actions = json["actions"].as_array().expect("actions");
+    assert_eq!(actions.len(), 1, "{actions:#?}");
+    assert_eq!(actions[0]["kind"], "upgrade");
+    assert_eq!(
+        (actions[0]["from"].as_str(), actions[0]["to"].as_str()),
+        (Some("1.4.2"), Some("1.5.0"))
+    );
+    assert_eq!(actions[0]["status"], "deferred");
+}
+
+#[test]
+fn a_bad_state_snapshot_is_an_error() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    write(
+        dir.path(),
+        "state.json",
+        "{\"format_version\": 1, \"instances\": 3}",
+    );
+    let state = dir.path().join("state.json");
+    let args = [
+        "plan",
+        "fleet",
+        "--state",
+        state.to_str().expect("UTF-8 path"),
+    ];
+    let output = wakafleet(Path::new(env!("CARGO_MANIFEST_DIR")), &args);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("reading state snapshot") && stderr.contains("line 1"),
+        "{stderr}"
+    );
+}
+
+mod properties {
+    //! Random fleets over one release catalogue: planning never panics, and a fleet planned
+    //! against its own converged state is empty at any time.
+
+    use super::*;
+    use proptest::prelude::*;
+    use wakafleet::load::{Content, Input};
+
+    const VERSIONS: &[&str] = &["1.0.0", "1.0.1", "1.1.0", "2.0.0", "2.1.0-beta.1"];
+    const CHANNELS: &[&str] = &[
+        "mode = \"auto-update\"\n",
+        "mode = \"auto-update\"\ntrack = \"beta\"\n[auto_approve]\nminor = false\n[maintenance_window]\ndays = [\"sat\"]\nstart = \"23:30\"\nduration = \"3h\"\ntimezone = \"Europe/London\"\n",
+        "mode = \"manual-approval\"\n[maintenance_window]\nstart = \"02:00\"\nduration = \"1h\"\ntimezone = \"Africa/Lagos\"\n",
+        "mode = \"frozen\"\n[security]\noverride_frozen = true\n",
+    ];
+    const STATES: &[&str] = &["active", "suspended", "terminated"];
+
+    /// One instance: channel, version, approved version, state, downgrades allowed.
+    type Spec = (usize, usize, Option<usize>, usize, bool);
+
+    fn files(instances: &[Spec], partner_suspended: bool) -> Vec<Input> {
+        let mut files = vec![
+            ("fleet.toml".to_string(), common::FLEET_TOML.to_string()),
+            (
+                "partners/p.toml".to_string(),
+                format!(
+                    "id = \"p\"\nname = \"P\"\nemail = \"o@p.example\"\nstate = \"{}\"\n",
+                    if partner_suspended {
+                        "suspended"
+                    } else {
+                        "active"
+                    }
+                ),
+            ),
+        ];
+        for (index, channel) in CHANNELS.iter().enumerate() {
+            files.push((
+                format!("channels/c{index}.toml"),
+                format!("name = \"c{index}\"\n{channel}"),
+            ));
+        }
+        let releases = [
+            ("1.0.0", "", "stable", ""),
+            (
+                "1.0.1",
+                ">=1.0.0, <1.0.1",
+                "stable",
+                "security_patch = true\nseverity = \"critical\"\n",
+            ),
+            ("1.1.0", ">=1.0.0, <1.1.0", "stable", ""),
+            ("2.0.0", ">=1.1.0, <2.0.0", "stable", "breaking = true\n"),
+            ("2.1.0-beta.1", ">=2.0.0, <2.1.0", "beta", ""),
+        ];
+        for (version, from, status, extra) in releases {
+            let mut text = format!(
+                "version = \"{version}\"\nstatus = \"{status}\"\nreleased = 2026-01-01\nimage = \"i:{version}\"\n{extra}"
+            );
+            if !from.is_empty() {
+                text += &format!("upgrade_from = \"{from}\"\n");
+            }
+            files.push((format!("releases/{version}.toml"), text));
+        }
+        for (index, (channel, version, approved, state, downgrade)) in instances.iter().enumerate()
+        {
+            let mut text = format!(
+                "name = \"i{index}\"\ntype = \"shared-saas\"\npartner = \"p\"\nregion = \"ng-lagos\"\ndata_residency = [\"NG\"]\nsize = \"small\"\nchannel = \"c{channel}\"\nversion = \"{}\"\nstate = \"{}\"\nallow_downgrade = {downgrade}\n",
+                VERSIONS[*version], STATES[*state]
+            );
+            if let Some(approved) = approved {
+                text += &format!("approved_version = \"{}\"\n", VERSIONS[*approved]);
+            }
+            files.push((format!("instances/i{index}.toml"), text));
+        }
+        files
+            .into_iter()
+            .map(|(path, text)| Input {
+                path,
+                content: Content::Bytes(text.into_bytes()),
+            })
+            .collect()
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        (
+            0..CHANNELS.len(),
+            0..VERSIONS.len(),
+            prop::option::of(0..VERSIONS.len()),
+            0..STATES.len(),
+            any::<bool>(),
+        )
+    }
+
+    fn fleet() -> impl Strategy<Value = (Vec<Spec>, bool)> {
+        (prop::collection::vec(spec(), 0..6), any::<bool>())
+    }
+
+    proptest! {
+        #[test]
+        fn planning_never_panics_and_a_converged_fleet_plans_nothing(
+            (base, base_suspended) in fleet(),
+            (head, head_suspended) in fleet(),
+            seconds in 1_700_000_000i64..1_900_000_000,
+        ) {
+            let at = chrono::DateTime::from_timestamp(seconds, 0).expect("in range");
+            let limits = Limits::default();
+            let base = validate::check(files(&base, base_suspended), &limits);
+            let mut head = validate::check(files(&head, head_suspended), &limits);
+            prop_assert!(!base.has_errors(), "{:?}", base.diagnostics);
+            let desired = head.take_valid().expect("generated fleets are valid");
+
+            let _ = plan::compute(&desired, &head.sources, &converged_base(&base.fleet), at);
+            let own = plan::compute(&desired, &head.sources, &converged_base(desired.fleet()), at);
+            prop_assert!(own.actions.is_empty(), "{:#?}", own.actions);
+        }
+    }
+}

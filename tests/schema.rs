@@ -28,6 +28,11 @@ fn checked_in_schemas_match_the_model() {
             path.display()
         );
     }
+    let state = std::fs::read_to_string(root.join("state.schema.json")).unwrap_or_default();
+    assert!(
+        state == wakafleet::plan::snapshot::schema_text(),
+        "schemas/state.schema.json differs from plan::snapshot; run `cargo run -- schema` and commit"
+    );
 }
 
 /// Follows `$ref`, `allOf` and `anyOf` to the object schema a property stands for, if any.

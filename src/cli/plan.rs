@@ -92,13 +92,7 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
             };
             (plan::converged_base(base_fleet.fleet()), commit)
         }
-        (None, Some(file)) => {
-            return Err(format!(
-                "reading state snapshots (`--state {}`) is not supported yet; use `--base REF`",
-                file.display()
-            )
-            .into());
-        }
+        (None, Some(file)) => (read_snapshot(file)?, None),
         (None, None) => {
             return Err("wakafleet has no store yet: plan against a commit with `--base REF` or a state snapshot with `--state FILE`".into());
         }
@@ -122,6 +116,26 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
         (true, false) => ExitCode::from(2),
         _ => ExitCode::SUCCESS,
     })
+}
+
+/// Snapshots larger than this are refused rather than read.
+const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
+
+fn read_snapshot(file: &std::path::Path) -> Result<plan::Actual, cli::Error> {
+    let context = |error: &dyn std::fmt::Display| {
+        format!("reading state snapshot `{}`: {error}", file.display())
+    };
+    let size = std::fs::metadata(file)
+        .map_err(|error| context(&error))?
+        .len();
+    if size > MAX_SNAPSHOT_BYTES {
+        return Err(context(&format!(
+            "{size} bytes is more than the limit of {MAX_SNAPSHOT_BYTES}"
+        ))
+        .into());
+    }
+    let text = std::fs::read_to_string(file).map_err(|error| context(&error))?;
+    Ok(plan::snapshot::parse(&text).map_err(|error| context(&error))?)
 }
 
 fn print_diagnostics(validation: &Validation, format: Format) -> Result<(), cli::Error> {

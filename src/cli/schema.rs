@@ -1,4 +1,5 @@
-//! `wakafleet schema [--out DIR]`: the JSON Schemas of the fleet file kinds, from `model`.
+//! `wakafleet schema [--out DIR]`: the JSON Schemas of the fleet file kinds, from `model`,
+//! and of the state snapshot, from `plan::snapshot`.
 
 use std::{fs, path::PathBuf, process::ExitCode};
 
@@ -22,5 +23,9 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
         fs::write(&path, text).map_err(|error| format!("writing `{}`: {error}", path.display()))?;
         cli::print(&format!("wrote {}\n", path.display()))?;
     }
+    let path = args.out.join("state.schema.json");
+    fs::write(&path, wakafleet::plan::snapshot::schema_text())
+        .map_err(|error| format!("writing `{}`: {error}", path.display()))?;
+    cli::print(&format!("wrote {}\n", path.display()))?;
     Ok(ExitCode::SUCCESS)
 }

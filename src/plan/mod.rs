@@ -9,6 +9,7 @@
 pub mod actual;
 pub mod fields;
 pub mod render;
+pub mod snapshot;
 
 use std::collections::BTreeSet;
 

@@ -458,3 +458,6 @@ fn resource_changes(
     })
     .collect()
 }
+
+#[cfg(test)]
+mod tests;

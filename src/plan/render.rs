@@ -172,8 +172,11 @@ pub fn markdown(plan: &Plan, commits: Commits<'_>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{MARKDOWN_MARKER}\n### wakafleet plan\n");
     let mut context = format!("At {}", time(plan.at));
-    if let (Some(base), Some(head)) = (commits.base, commits.head) {
-        context += &format!(", `{}` → `{}`", short(base), short(head));
+    match (commits.base, commits.head) {
+        (Some(base), Some(head)) => context += &format!(", `{}` → `{}`", short(base), short(head)),
+        (Some(base), None) => context += &format!(", `{}` → work tree", short(base)),
+        (None, Some(head)) => context += &format!(", state snapshot → `{}`", short(head)),
+        (None, None) => {}
     }
     let _ = writeln!(out, "{context}: **{}**.\n", summary_line(plan));
     if !plan.is_empty() {

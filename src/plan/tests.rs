@@ -1,0 +1,168 @@
+//! `compute` on pairs of small fleets: each case is a base and a head, and the actions
+//! planned between them as `kind id status`.
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    load::{Content, Input, Limits},
+    plan::{Kind, compute, converged_base},
+    validate::{self, Validation},
+};
+
+const FLEET: &str = "name = \"t\"\n[regions.ng-lagos]\ncountry = \"NG\"\ndocker = \"unix:///d.sock\"\ndatabase = \"env:DB\"\nbackups = \"/b\"\ncapacity = { cpu = \"64\", memory = \"256G\", storage = \"4T\" }\n[sizes.small]\ncpu = \"1\"\nmemory = \"1G\"\nstorage = \"10G\"\n";
+
+const RELEASES: &[(&str, &str)] = &[
+    (
+        "releases/1.0.0.toml",
+        "version = \"1.0.0\"\nstatus = \"stable\"\nreleased = 2026-01-01\nimage = \"i\"\n",
+    ),
+    (
+        "releases/1.1.0.toml",
+        "version = \"1.1.0\"\nstatus = \"stable\"\nreleased = 2026-01-02\nimage = \"i\"\n",
+    ),
+];
+
+/// A fleet of partner `p` (with `partner` lines added), a manual channel, the releases and
+/// the instances given as `(name, extra TOML lines)`.
+fn fleet(partner: &str, instances: &[(&str, &str)]) -> Validation {
+    let mut files: Vec<(String, String)> = vec![
+        ("fleet.toml".into(), FLEET.into()),
+        (
+            "partners/p.toml".into(),
+            format!("id = \"p\"\nname = \"P\"\nemail = \"o@p.example\"\n{partner}"),
+        ),
+        (
+            "channels/m.toml".into(),
+            "name = \"m\"\nmode = \"manual-approval\"\n".into(),
+        ),
+    ];
+    files.extend(
+        RELEASES
+            .iter()
+            .map(|(path, text)| (path.to_string(), text.to_string())),
+    );
+    for (name, extra) in instances {
+        let text = format!(
+            "name = \"{name}\"\ntype = \"shared-saas\"\npartner = \"p\"\nregion = \"ng-lagos\"\ndata_residency = [\"NG\"]\nchannel = \"m\"\n{extra}"
+        );
+        files.push((format!("instances/{name}.toml"), text));
+    }
+    let inputs = files
+        .into_iter()
+        .map(|(path, text)| Input {
+            path,
+            content: Content::Bytes(text.into_bytes()),
+        })
+        .collect();
+    let validation = validate::check(inputs, &Limits::default());
+    assert!(!validation.has_errors(), "{:#?}", validation.diagnostics);
+    validation
+}
+
+const SMALL: &str = "size = \"small\"\nversion = \"1.0.0\"\n";
+
+/// The actions planned from `base` to `head`, as `kind id status`.
+fn check(base: Validation, mut head: Validation) -> Vec<String> {
+    let at: DateTime<Utc> = "2026-01-07T12:00:00Z".parse().expect("a time");
+    let actual = converged_base(&base.fleet);
+    let desired = head.take_valid().expect("a valid head");
+    compute(&desired, &head.sources, &actual, at)
+        .actions
+        .iter()
+        .map(|action| {
+            format!(
+                "{} {} {}",
+                action.kind.as_str(),
+                action.id,
+                action.status.as_str()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn downgrades_run_only_when_allowed() {
+    let base = || fleet("", &[("web", "size = \"small\"\nversion = \"1.1.0\"\n")]);
+    let lowered = fleet("", &[("web", SMALL)]);
+    assert_eq!(check(base(), lowered), ["downgrade web blocked"]);
+    let allowed = fleet(
+        "",
+        &[(
+            "web",
+            "size = \"small\"\nversion = \"1.0.0\"\nallow_downgrade = true\n",
+        )],
+    );
+    assert_eq!(check(base(), allowed), ["downgrade web ready"]);
+}
+
+#[test]
+fn resources_changes_are_scaling() {
+    let base = fleet("", &[("web", SMALL)]);
+    let head = fleet(
+        "",
+        &[(
+            "web",
+            "version = \"1.0.0\"\n[resources]\ncpu = \"2\"\nmemory = \"1G\"\nstorage = \"10G\"\n",
+        )],
+    );
+    assert_eq!(check(base, head), ["scale web ready"]);
+}
+
+#[test]
+fn a_partner_that_resumes_resumes_its_instances() {
+    let base = fleet("state = \"suspended\"\n", &[("web", SMALL)]);
+    let head = fleet("", &[("web", SMALL)]);
+    assert_eq!(check(base, head), ["update p ready", "resume web ready"]);
+}
+
+#[test]
+fn suspended_instances_are_upgraded_when_they_resume() {
+    let base = fleet(
+        "",
+        &[(
+            "web",
+            "size = \"small\"\nversion = \"1.0.0\"\nstate = \"suspended\"\n",
+        )],
+    );
+    let head = fleet(
+        "",
+        &[(
+            "web",
+            "size = \"small\"\nversion = \"1.1.0\"\nstate = \"suspended\"\n",
+        )],
+    );
+    assert_eq!(check(base, head), Vec::<String>::new());
+}
+
+#[test]
+fn terminated_instances_are_neither_orphaned_nor_provisioned() {
+    let base = fleet(
+        "",
+        &[(
+            "old",
+            "size = \"small\"\nversion = \"1.0.0\"\nstate = \"terminated\"\n",
+        )],
+    );
+    let head = fleet(
+        "",
+        &[(
+            "new",
+            "size = \"small\"\nversion = \"1.0.0\"\nstate = \"terminated\"\n",
+        )],
+    );
+    assert_eq!(check(base, head), Vec::<String>::new());
+}
+
+#[test]
+fn removed_instances_are_orphaned_and_new_ones_provisioned() {
+    let base = fleet("", &[("old", SMALL)]);
+    let head = fleet("", &[("new", SMALL)]);
+    assert_eq!(
+        check(base, head),
+        ["provision new ready", "orphaned old ready"]
+    );
+    assert!(
+        Kind::ALL.windows(2).all(|pair| pair[0] < pair[1]),
+        "kinds are listed in plan order"
+    );
+}

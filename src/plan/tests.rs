@@ -4,7 +4,6 @@
 use chrono::{DateTime, Utc};
 
 use crate::{
-    load::{Content, Input, Limits},
     plan::{Kind, compute, converged_base},
     validate::{self, Validation},
 };
@@ -47,14 +46,7 @@ fn fleet(partner: &str, instances: &[(&str, &str)]) -> Validation {
         );
         files.push((format!("instances/{name}.toml"), text));
     }
-    let inputs = files
-        .into_iter()
-        .map(|(path, text)| Input {
-            path,
-            content: Content::Bytes(text.into_bytes()),
-        })
-        .collect();
-    let validation = validate::check(inputs, &Limits::default());
+    let validation = validate::check_texts(files);
     assert!(!validation.has_errors(), "{:#?}", validation.diagnostics);
     validation
 }

@@ -82,6 +82,43 @@ impl Decision {
     pub fn is_downgrade(&self) -> bool {
         self.to < self.from
     }
+
+    /// A change that runs in the channel's maintenance window (at once without one).
+    fn in_window(from: &Version, path: &[Version], to: &Version, reason: String) -> Decision {
+        Decision {
+            from: from.clone(),
+            to: to.clone(),
+            path: path.to_vec(),
+            status: Status::Deferred,
+            not_before: None,
+            blocked_reason: None,
+            reason,
+            advisory: false,
+        }
+    }
+
+    /// A change that cannot run until `blocked_reason` is resolved.
+    fn blocked(
+        from: &Version,
+        path: &[Version],
+        to: &Version,
+        blocked_reason: BlockedReason,
+        reason: String,
+    ) -> Decision {
+        Decision {
+            status: Status::Blocked,
+            blocked_reason: Some(blocked_reason),
+            ..Decision::in_window(from, path, to, reason)
+        }
+    }
+
+    /// Marks a blocked decision as an advisory: nothing asked for it.
+    fn advisory(self) -> Decision {
+        Decision {
+            advisory: true,
+            ..self
+        }
+    }
 }
 
 /// What the policy looks at.
@@ -278,20 +315,11 @@ fn auto_update(input: &Input<'_>, current: &Version) -> Vec<Decision> {
         if urgent {
             reason += "; it carries a security fix, applied at once";
         }
-        decisions.push(Decision {
-            from: current.clone(),
-            to: target.clone(),
-            path: path.clone(),
-            status: if urgent {
-                Status::Ready
-            } else {
-                Status::Deferred
-            },
-            not_before: None,
-            blocked_reason: None,
-            advisory: false,
-            reason,
-        });
+        let mut decision = Decision::in_window(current, path, target, reason);
+        if urgent {
+            decision.status = Status::Ready;
+        }
+        decisions.push(decision);
     }
     // A newer release the channel will not apply by itself waits for an approval.
     let reached = best.map_or(current, |(target, _)| target);
@@ -313,16 +341,9 @@ fn auto_update(input: &Input<'_>, current: &Version) -> Vec<Decision> {
                 channel.name.value
             ),
         };
-        decisions.push(Decision {
-            from: reached.clone(),
-            to: newest.clone(),
-            path: path.clone(),
-            status: Status::Blocked,
-            not_before: None,
-            blocked_reason: Some(BlockedReason::NeedsApproval),
-            advisory: true,
-            reason: why,
-        });
+        decisions.push(
+            Decision::blocked(reached, path, newest, BlockedReason::NeedsApproval, why).advisory(),
+        );
     }
     decisions
 }
@@ -340,56 +361,41 @@ fn named_version(input: &Input<'_>, current: &Version, desired: &Version) -> Opt
         return None;
     }
     if desired < current {
-        let mut decision = Decision {
-            from: current.clone(),
-            to: desired.clone(),
-            path: Vec::new(),
-            status: Status::Deferred,
-            not_before: None,
-            blocked_reason: None,
-            advisory: false,
-            reason: format!(
-                "`version` lowered to {desired} ({mode}); a downgrade restores the backup taken before the upgrade to {current}, and data written since that backup is lost"
-            ),
-        };
-        if !instance.allow_downgrade {
-            decision.status = Status::Blocked;
-            decision.blocked_reason = Some(BlockedReason::DowngradeNotAllowed);
-            decision.reason = format!(
-                "`version` lowered to {desired}, but `allow_downgrade` is off; a downgrade restores the backup taken before the upgrade to {current} and loses the data written since"
-            );
-        }
-        return Some(decision);
+        let risk = format!(
+            "a downgrade restores the backup taken before the upgrade to {current}, and data written since that backup is lost"
+        );
+        return Some(if instance.allow_downgrade {
+            let reason = format!("`version` lowered to {desired} ({mode}); {risk}");
+            Decision::in_window(current, &[], desired, reason)
+        } else {
+            let reason =
+                format!("`version` lowered to {desired}, but `allow_downgrade` is off; {risk}");
+            Decision::blocked(
+                current,
+                &[],
+                desired,
+                BlockedReason::DowngradeNotAllowed,
+                reason,
+            )
+        });
     }
     let paths = reachable(input.releases, current, |_, release| installable(release));
     let Some(path) = paths.get(desired) else {
-        return Some(Decision {
-            from: current.clone(),
-            to: desired.clone(),
-            path: Vec::new(),
-            status: Status::Blocked,
-            not_before: None,
-            blocked_reason: Some(BlockedReason::NoUpgradePath),
-            advisory: false,
-            reason: format!(
-                "no chain of `upgrade_from` requirements leads from {current} to {desired}"
-            ),
-        });
+        let reason =
+            format!("no chain of `upgrade_from` requirements leads from {current} to {desired}");
+        return Some(Decision::blocked(
+            current,
+            &[],
+            desired,
+            BlockedReason::NoUpgradePath,
+            reason,
+        ));
     };
     let mut reason = format!("`version` changed to {desired} ({mode}: the merge approves it)");
     if path.len() > 1 {
         reason += &format!(", through {}", describe_path(path));
     }
-    Some(Decision {
-        from: current.clone(),
-        to: desired.clone(),
-        path: path.clone(),
-        status: Status::Deferred,
-        not_before: None,
-        blocked_reason: None,
-        advisory: false,
-        reason,
-    })
+    Some(Decision::in_window(current, path, desired, reason))
 }
 
 fn manual_approval(input: &Input<'_>, current: &Version) -> Vec<Decision> {
@@ -412,19 +418,11 @@ fn manual_approval(input: &Input<'_>, current: &Version) -> Vec<Decision> {
     security
         .map(|(version, path)| {
             let severity = input.releases[version].severity;
-            Decision {
-                from: current.clone(),
-                to: version.clone(),
-                path: path.clone(),
-                status: Status::Blocked,
-                not_before: None,
-                blocked_reason: Some(BlockedReason::NeedsApproval),
-                advisory: true,
-                reason: format!(
-                    "security release {version} ({severity}) is available; manual-approval channel `{}` needs a reviewed change of `version`",
-                    input.channel.name.value
-                ),
-            }
+            let reason = format!(
+                "security release {version} ({severity}) is available; manual-approval channel `{}` needs a reviewed change of `version`",
+                input.channel.name.value
+            );
+            Decision::blocked(current, path, version, BlockedReason::NeedsApproval, reason).advisory()
         })
         .into_iter()
         .collect()
@@ -459,33 +457,20 @@ fn frozen(input: &Input<'_>, current: &Version) -> Vec<Decision> {
     };
     let channel = input.channel;
     let decision = if channel.security.override_frozen {
+        let reason = format!(
+            "critical security release {version}: frozen channel `{}` allows critical patches of {}.{} (security.override_frozen)",
+            channel.name.value, current.major, current.minor
+        );
         Decision {
-            from: current.clone(),
-            to: version.clone(),
-            path: path.clone(),
             status: Status::Ready,
-            not_before: None,
-            blocked_reason: None,
-            advisory: false,
-            reason: format!(
-                "critical security release {version}: frozen channel `{}` allows critical patches of {}.{} (security.override_frozen)",
-                channel.name.value, current.major, current.minor
-            ),
+            ..Decision::in_window(current, path, version, reason)
         }
     } else {
-        Decision {
-            from: current.clone(),
-            to: version.clone(),
-            path: path.clone(),
-            status: Status::Blocked,
-            not_before: None,
-            blocked_reason: Some(BlockedReason::Frozen),
-            advisory: true,
-            reason: format!(
-                "critical security release {version} is available, but channel `{}` is frozen and does not set security.override_frozen",
-                channel.name.value
-            ),
-        }
+        let reason = format!(
+            "critical security release {version} is available, but channel `{}` is frozen and does not set security.override_frozen",
+            channel.name.value
+        );
+        Decision::blocked(current, path, version, BlockedReason::Frozen, reason).advisory()
     };
     vec![decision]
 }

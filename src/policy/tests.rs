@@ -4,7 +4,6 @@ use chrono::{DateTime, Utc};
 use semver::Version;
 
 use crate::{
-    load::{Content, Input as FileInput, Limits},
     model::Fleet,
     policy::{BlockedReason, Input, Status, converged, decide},
     validate,
@@ -66,14 +65,7 @@ fn fleet(channel: &str, instance: &str) -> Fleet {
         }
         files.push((format!("releases/{version}.toml"), text));
     }
-    let inputs = files
-        .into_iter()
-        .map(|(path, text)| FileInput {
-            path,
-            content: Content::Bytes(text.into_bytes()),
-        })
-        .collect();
-    let validation = validate::check(inputs, &Limits::default());
+    let validation = validate::check_texts(files);
     assert!(!validation.has_errors(), "{:#?}", validation.diagnostics);
     validation.fleet
 }

@@ -82,6 +82,19 @@ pub fn check(inputs: Vec<Input>, limits: &Limits) -> Validation {
     }
 }
 
+/// Validates files given as `(path, text)`: the short way in for unit tests.
+#[cfg(test)]
+pub(crate) fn check_texts(files: Vec<(String, String)>) -> Validation {
+    let inputs = files
+        .into_iter()
+        .map(|(path, text)| Input {
+            path,
+            content: load::Content::Bytes(text.into_bytes()),
+        })
+        .collect();
+    check(inputs, &Limits::default())
+}
+
 /// What one file holds, once decoded.
 enum Entity {
     Settings(Settings),

@@ -92,6 +92,7 @@ pub fn converged_base(fleet: &Fleet) -> Actual {
         entities: fields::entities(fleet),
         instances: BTreeMap::new(),
     };
+    let mut memo = policy::Memo::converging();
     for instance in fleet.instances.values() {
         let Some(channel) = fleet.channels.get(&instance.channel.value) else {
             continue;
@@ -103,7 +104,7 @@ pub fn converged_base(fleet: &Fleet) -> Actual {
             actual: None,
         };
         let (Some(version), Some(resources)) = (
-            policy::converged(&input),
+            memo.converged(&input),
             validate::resources_of(fleet, instance),
         ) else {
             continue;

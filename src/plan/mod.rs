@@ -163,6 +163,7 @@ pub fn compute(
     let fleet = desired.fleet();
     let mut actions = entity_actions(fleet, actual);
     let mut advisories = Vec::new();
+    let mut memo = policy::Memo::at(now);
     let names: BTreeSet<&String> = fleet
         .instances
         .keys()
@@ -173,7 +174,7 @@ pub fn compute(
             (Some(instance), deployed) => {
                 let file = sources.path(instance.name.span.file);
                 let decisions =
-                    instance_actions(fleet, instance, file, deployed, now, &mut actions);
+                    instance_actions(fleet, instance, file, deployed, &mut memo, &mut actions);
                 for (decision, action) in decisions {
                     if decision {
                         advisories.push(action);
@@ -260,7 +261,7 @@ fn instance_actions(
     instance: &Instance,
     file: &str,
     deployed: Option<&ActualInstance>,
-    now: DateTime<Utc>,
+    memo: &mut policy::Memo,
     actions: &mut Vec<Action>,
 ) -> Vec<(bool, Action)> {
     let name = &instance.name.value;
@@ -381,7 +382,7 @@ fn instance_actions(
         actual: Some(&deployed.version),
     };
     let mut decisions = Vec::new();
-    for decision in policy::decide(&input, now) {
+    for decision in memo.decide(&input).iter().cloned() {
         let advisory = decision.advisory;
         let kind = if decision.is_downgrade() {
             Kind::Downgrade

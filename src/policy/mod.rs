@@ -8,7 +8,7 @@
 
 pub mod window;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use semver::Version;
@@ -141,17 +141,77 @@ pub fn decide(input: &Input<'_>, now: DateTime<Utc>) -> Vec<Decision> {
 /// maintenance windows aside: what `plan --base` takes the base commit to have deployed.
 /// `None` when the instance names no version and its track has no release.
 pub fn converged(input: &Input<'_>) -> Option<Version> {
-    let start = input.actual.cloned().or_else(|| initial_version(input))?;
-    let input = Input {
-        actual: Some(&start),
-        ..*input
-    };
-    let decisions = decide_with(&input, None);
-    let applied = decisions
-        .iter()
-        .find(|decision| decision.status != Status::Blocked)
-        .map(|decision| decision.to.clone());
-    Some(applied.unwrap_or(start))
+    Memo::converging().converged(input)
+}
+
+/// Remembers decisions per distinct input. A fleet has thousands of instances but few
+/// distinct combinations of channel, running version and approvals, and deciding searches
+/// the release catalogue. Valid for one fleet and one time.
+#[derive(Debug)]
+pub struct Memo {
+    /// `None` when windows are ignored, as for [`converged`].
+    now: Option<DateTime<Utc>>,
+    decisions: HashMap<MemoKey, Vec<Decision>>,
+}
+
+/// Everything of an [`Input`] a decision depends on, the release catalogue aside.
+type MemoKey = (
+    String,
+    Option<Version>,
+    Option<Version>,
+    Option<Version>,
+    bool,
+);
+
+impl Memo {
+    /// A memo of [`decide`] at `now`.
+    pub fn at(now: DateTime<Utc>) -> Memo {
+        Memo {
+            now: Some(now),
+            decisions: HashMap::new(),
+        }
+    }
+
+    /// A memo of [`converged`].
+    pub fn converging() -> Memo {
+        Memo {
+            now: None,
+            decisions: HashMap::new(),
+        }
+    }
+
+    /// [`decide`] (or, for a converging memo, the decisions [`converged`] applies).
+    pub fn decide(&mut self, input: &Input<'_>) -> &[Decision] {
+        let version = |field: &Option<crate::diag::Spanned<Version>>| {
+            field.as_ref().map(|version| version.value.clone())
+        };
+        let key = (
+            input.channel.name.value.clone(),
+            input.actual.cloned(),
+            version(&input.instance.version),
+            version(&input.instance.approved_version),
+            input.instance.allow_downgrade,
+        );
+        let now = self.now;
+        self.decisions
+            .entry(key)
+            .or_insert_with(|| decide_with(input, now))
+    }
+
+    /// [`converged`], remembered.
+    pub fn converged(&mut self, input: &Input<'_>) -> Option<Version> {
+        let start = input.actual.cloned().or_else(|| initial_version(input))?;
+        let input = Input {
+            actual: Some(&start),
+            ..*input
+        };
+        let applied = self
+            .decide(&input)
+            .iter()
+            .find(|decision| decision.status != Status::Blocked)
+            .map(|decision| decision.to.clone());
+        Some(applied.unwrap_or(start))
+    }
 }
 
 /// The version a new instance is provisioned at: its `version`, or for an auto-update

@@ -8,6 +8,8 @@
 //! repeats the run N times, which is handy under `perf record`.
 
 mod generate;
+#[path = "../common/measure.rs"]
+mod measure;
 
 use std::{
     borrow::Cow,
@@ -168,7 +170,7 @@ fn run(options: &Options) -> ExitCode {
         for step in 0..5 {
             match (round + step) % 5 {
                 0 => {
-                    let (time, documents) = timed(|| floor(&dir));
+                    let (time, documents) = measure::timed(|| floor(&dir));
                     assert_eq!(documents.len(), summary.files);
                     drop(documents);
                     if measured {
@@ -191,7 +193,7 @@ fn run(options: &Options) -> ExitCode {
                     }
                 }
                 2 => {
-                    let (time, validation) = timed(|| {
+                    let (time, validation) = measure::timed(|| {
                         let inputs = source::read_folder(&dir, &limits).expect("read_folder");
                         validate::check(inputs, &limits)
                     });
@@ -203,7 +205,7 @@ fn run(options: &Options) -> ExitCode {
                     }
                 }
                 3 => {
-                    let (time, blobs) = timed(|| git_read(&dir));
+                    let (time, blobs) = measure::timed(|| git_read(&dir));
                     assert_eq!(blobs.len(), summary.files);
                     drop(blobs);
                     if measured {
@@ -238,19 +240,19 @@ fn run(options: &Options) -> ExitCode {
         .map(|(load, floor)| load.as_secs_f64() / floor.as_secs_f64())
         .collect();
     paired.sort_by(f64::total_cmp);
-    let floor_median = row(
+    let floor_median = measure::row(
         "(a) floor: git2 blobs + untyped toml::Table / YAML parse",
         &mut floor_times,
     );
-    let load_median = row("(b) load+validate: read_commit + check", &mut load_times);
-    row("      of which read_commit", &mut read_commit_times);
-    row("      of which check", &mut check_times);
-    row("(c) folder: read_folder + check (info)", &mut folder_times);
-    row(
+    let load_median = measure::row("(b) load+validate: read_commit + check", &mut load_times);
+    measure::row("      of which read_commit", &mut read_commit_times);
+    measure::row("      of which check", &mut check_times);
+    measure::row("(c) folder: read_folder + check (info)", &mut folder_times);
+    measure::row(
         "info: git2 blobs only, no parse (floor's git part)",
         &mut git_read_times,
     );
-    row(
+    measure::row(
         "info: load::read + load::parse (check's spanned parse)",
         &mut spanned_parse_times,
     );
@@ -318,29 +320,10 @@ fn run(options: &Options) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn timed<T>(f: impl FnOnce() -> T) -> (Duration, T) {
-    let start = Instant::now();
-    let value = black_box(f());
-    (start.elapsed(), value)
-}
-
-/// Prints min, median and max in ms, and returns the median.
-fn row(label: &str, times: &mut [Duration]) -> f64 {
-    times.sort();
-    let ms = |time: Duration| time.as_secs_f64() * 1000.0;
-    let median = ms(times[times.len() / 2]);
-    println!(
-        "  {label:<58} {:>8.1} {median:>8.1} {:>8.1}",
-        ms(times[0]),
-        ms(times[times.len() - 1]),
-    );
-    median
-}
-
 /// Child mode: one run of one measured thing, then the peak resident set size.
 fn once(what: &str, dir: &Path) {
     let limits = Limits::default();
-    let start = status_kb("VmRSS:");
+    let start = measure::status_kb("VmRSS:");
     let count = match what {
         "floor" => black_box(floor(dir)).len(),
         "git" => black_box(git_read(dir)).len(),
@@ -360,18 +343,8 @@ fn once(what: &str, dir: &Path) {
     };
     println!(
         "what={what} count={count} hwm_kb={} start_rss_kb={start}",
-        status_kb("VmHWM:")
+        measure::status_kb("VmHWM:")
     );
-}
-
-/// A `kB` field of /proc/self/status.
-fn status_kb(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// An untyped YAML value, built from saphyr-parser events (the parser wakafleet uses) with

@@ -11,6 +11,8 @@
 #[allow(dead_code)]
 #[path = "../load/generate.rs"]
 mod generate;
+#[path = "../common/measure.rs"]
+mod measure;
 
 use std::{
     collections::BTreeSet,
@@ -208,7 +210,7 @@ fn run(options: &Options) -> ExitCode {
         let measured = round >= options.warmups;
         for step in 0..2 {
             if (round + step) % 2 == 0 {
-                let (time, loaded) = timed(|| load_both(&dir, &limits));
+                let (time, loaded) = measure::timed(|| load_both(&dir, &limits));
                 assert!(!loaded.0.has_errors() && !loaded.2.has_errors());
                 drop(loaded);
                 if measured {
@@ -244,11 +246,11 @@ fn run(options: &Options) -> ExitCode {
         .map(|(plan, load)| plan.as_secs_f64() / load.as_secs_f64())
         .collect();
     paired.sort_by(f64::total_cmp);
-    let load_median = row(
+    let load_median = measure::row(
         "(a) load+validate: read_commit + check, head and base",
         &mut load_times,
     );
-    let plan_median = row(
+    let plan_median = measure::row(
         "(b) whole plan: (a) + converge + compute + JSON",
         &mut plan_times,
     );
@@ -261,7 +263,7 @@ fn run(options: &Options) -> ExitCode {
         "      of which planning: converge + compute + JSON",
     ];
     for (label, times) in labels.into_iter().zip(stage_times.iter_mut()) {
-        row(label, times);
+        measure::row(label, times);
     }
 
     println!("\npeak memory (VmHWM) of one run in a fresh process:");
@@ -320,25 +322,6 @@ fn run(options: &Options) -> ExitCode {
         println!("kept the repository at {}", kept.display());
     }
     ExitCode::SUCCESS
-}
-
-fn timed<T>(f: impl FnOnce() -> T) -> (Duration, T) {
-    let start = Instant::now();
-    let value = black_box(f());
-    (start.elapsed(), value)
-}
-
-/// Prints min, median and max in ms, and returns the median.
-fn row(label: &str, times: &mut [Duration]) -> f64 {
-    times.sort();
-    let ms = |time: Duration| time.as_secs_f64() * 1000.0;
-    let median = ms(times[times.len() / 2]);
-    println!(
-        "  {label:<58} {:>8.1} {median:>8.1} {:>8.1}",
-        ms(times[0]),
-        ms(times[times.len() - 1]),
-    );
-    median
 }
 
 /// Load+validate of one commit, as `plan` does it.
@@ -414,7 +397,7 @@ fn whole_plan(dir: &Path, limits: &Limits, at: DateTime<Utc>) -> (Stages, Planne
 /// Child mode: one run of (a) or (b), then the peak resident set size.
 fn once(what: &str, dir: &Path) {
     let limits = Limits::default();
-    let start = status_kb("VmRSS:");
+    let start = measure::status_kb("VmRSS:");
     let count = match what {
         "load" => {
             let loaded = black_box(load_both(dir, &limits));
@@ -432,18 +415,8 @@ fn once(what: &str, dir: &Path) {
     };
     println!(
         "what={what} count={count} hwm_kb={} start_rss_kb={start}",
-        status_kb("VmHWM:")
+        measure::status_kb("VmHWM:")
     );
-}
-
-/// A `kB` field of /proc/self/status.
-fn status_kb(field: &str) -> u64 {
-    let status = fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn report_diagnostics(what: &str, validation: &Validation) {
@@ -484,7 +457,7 @@ fn command(dir: &Path, rounds: usize, expected_json: &str) {
     for _ in 0..rounds + 1 {
         let mut command = Command::new(exe);
         args(&mut command);
-        let (time, output) = timed(|| command.output().expect("running wakafleet plan"));
+        let (time, output) = measure::timed(|| command.output().expect("running wakafleet plan"));
         assert!(
             output.status.success(),
             "wakafleet plan failed: {}",
@@ -496,7 +469,7 @@ fn command(dir: &Path, rounds: usize, expected_json: &str) {
     // The first run is a warmup.
     times.remove(0);
     println!("  {:<58} {:>8} {:>8} {:>8}", "", "min", "median", "max");
-    row(
+    measure::row(
         &format!("wakafleet plan --base {BASE} --head {HEAD} --format json"),
         &mut times,
     );

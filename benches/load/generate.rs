@@ -689,36 +689,12 @@ pub fn write(root: &Path, shape: &Shape) -> Summary {
         fs::write(root.join(&file.path), &file.text).expect("writing a fleet file");
     }
 
-    let repository = git2::Repository::init(root).expect("git init");
-    let mut index = repository.index().expect("the index");
-    index
-        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-        .expect("git add");
-    index.write().expect("writing the index");
-    let tree = repository
-        .find_tree(index.write_tree().expect("writing the tree"))
-        .expect("the tree");
-    let time = git2::Time::new(1_767_225_600, 0);
-    let signature = git2::Signature::new("wakafleet bench", "bench@wakafleet.example", &time)
-        .expect("signature");
-    let commit = repository
-        .commit(
-            Some("HEAD"),
-            &signature,
-            &signature,
-            "Synthetic fleet for the load benchmark",
-            &tree,
-            &[],
-        )
-        .expect("git commit");
-    summary.commit = commit.to_string();
-
-    let status = Command::new("git")
-        .args(["repack", "-a", "-d", "-f", "-q"])
-        .current_dir(root)
-        .status()
-        .expect("running git repack (is git installed?)");
-    assert!(status.success(), "git repack failed: {status}");
+    git2::Repository::init(root).expect("git init");
+    summary.commit = commit_and_repack(
+        root,
+        1_767_225_600,
+        "Synthetic fleet for the load benchmark",
+    );
 
     let objects = root.join(".git/objects");
     for entry in fs::read_dir(&objects).expect("listing .git/objects") {
@@ -735,4 +711,44 @@ pub fn write(root: &Path, shape: &Shape) -> Summary {
         }
     }
     summary
+}
+
+/// Commits the work tree of `root` on top of HEAD (if any) at the time `seconds`, then packs
+/// the repository with `git repack -adf`; returns the new commit.
+pub fn commit_and_repack(root: &Path, seconds: i64, message: &str) -> String {
+    let repository = git2::Repository::open(root).expect("opening the repository");
+    let mut index = repository.index().expect("the index");
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .expect("git add");
+    index.update_all(["*"], None).expect("git add of removals");
+    index.write().expect("writing the index");
+    let tree = repository
+        .find_tree(index.write_tree().expect("writing the tree"))
+        .expect("the tree");
+    let parent = repository
+        .head()
+        .and_then(|head| head.peel_to_commit())
+        .ok();
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    let time = git2::Time::new(seconds, 0);
+    let signature = git2::Signature::new("wakafleet bench", "bench@wakafleet.example", &time)
+        .expect("signature");
+    let commit = repository
+        .commit(
+            Some("HEAD"),
+            &signature,
+            &signature,
+            message,
+            &tree,
+            &parents,
+        )
+        .expect("git commit");
+    let status = Command::new("git")
+        .args(["repack", "-a", "-d", "-f", "-q"])
+        .current_dir(root)
+        .status()
+        .expect("running git repack (is git installed?)");
+    assert!(status.success(), "git repack failed: {status}");
+    commit.to_string()
 }

@@ -127,7 +127,11 @@ fn run(options: &Options) -> ExitCode {
 
     // Commit 2: 1,000 instances changed, 100 of them with a raised `version`.
     let change = change_instances(&dir, &limits);
-    let head_commit = commit_and_repack(&dir);
+    let head_commit = generate::commit_and_repack(
+        &dir,
+        1_767_312_000,
+        "Change 1,000 instances and approve 100 upgrades",
+    );
     let (pack_bytes, loose) = pack_size(&dir);
     println!(
         "generated commit 2 {}: {} instance files changed ({} `ssl` toggled, {} `capabilities` \
@@ -161,13 +165,6 @@ fn run(options: &Options) -> ExitCode {
     }
     assert_eq!(planned.desired.fleet().instances.len(), INSTANCES);
     let plan = &planned.plan;
-    let kinds: Vec<String> = Kind::ALL
-        .iter()
-        .filter_map(|kind| {
-            let count = plan.count_kind(*kind);
-            (count > 0).then(|| format!("{count} {}", kind.as_str()))
-        })
-        .collect();
     let upgrades = |status: Status| {
         plan.actions
             .iter()
@@ -175,10 +172,9 @@ fn run(options: &Options) -> ExitCode {
             .count()
     };
     println!(
-        "plan at {AT}: {} actions ({}); upgrades {} ready, {} deferred, {} blocked; {} advisories; \
+        "plan at {AT}: {}; upgrades {} ready, {} deferred, {} blocked; {} advisories; \
          {:.1} MiB of JSON",
-        plan.actions.len(),
-        kinds.join(", "),
+        plan::render::summary_line(plan),
         upgrades(Status::Ready),
         upgrades(Status::Deferred),
         upgrades(Status::Blocked),
@@ -664,44 +660,6 @@ fn find(lines: &[String], yaml: bool, key: &str) -> usize {
 fn set(lines: &mut [String], yaml: bool, key: &str, value: &str) {
     let at = find(lines, yaml, key);
     lines[at] = line(yaml, key, value);
-}
-
-/// Commits the work tree on top of HEAD with git2 and packs the repository with
-/// `git repack -adf`; returns the new commit.
-fn commit_and_repack(dir: &Path) -> String {
-    let repository = git2::Repository::open(dir).expect("opening the repository");
-    let mut index = repository.index().expect("the index");
-    index
-        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-        .expect("git add");
-    index.write().expect("writing the index");
-    let tree = repository
-        .find_tree(index.write_tree().expect("writing the tree"))
-        .expect("the tree");
-    let parent = repository
-        .head()
-        .and_then(|head| head.peel_to_commit())
-        .expect("commit 1");
-    let time = git2::Time::new(1_767_312_000, 0);
-    let signature = git2::Signature::new("wakafleet bench", "bench@wakafleet.example", &time)
-        .expect("signature");
-    let commit = repository
-        .commit(
-            Some("HEAD"),
-            &signature,
-            &signature,
-            "Change 1,000 instances and approve 100 upgrades",
-            &tree,
-            &[&parent],
-        )
-        .expect("git commit");
-    let status = Command::new("git")
-        .args(["repack", "-a", "-d", "-f", "-q"])
-        .current_dir(dir)
-        .status()
-        .expect("running git repack (is git installed?)");
-    assert!(status.success(), "git repack failed: {status}");
-    commit.to_string()
 }
 
 /// The bytes of the packfiles and the number of loose objects.

@@ -32,7 +32,7 @@ fn short(commit: &str) -> &str {
 }
 
 /// "3 actions: 2 upgrade, 1 provision (1 deferred, 1 blocked)".
-fn summary_line(plan: &Plan) -> String {
+pub fn summary_line(plan: &Plan) -> String {
     if plan.is_empty() {
         return "no changes".to_string();
     }

@@ -11,6 +11,7 @@ use semver::Version;
 
 use crate::{
     model::{Fleet, Instance, InstanceState, Resources},
+    parallel,
     plan::fields::{self, Fields},
     policy, validate,
 };
@@ -92,32 +93,38 @@ pub fn converged_base(fleet: &Fleet) -> Actual {
         entities: fields::entities(fleet),
         instances: BTreeMap::new(),
     };
-    let mut memo = policy::Memo::converging();
-    for instance in fleet.instances.values() {
-        let Some(channel) = fleet.channels.get(&instance.channel.value) else {
-            continue;
-        };
-        let input = policy::Input {
-            instance,
-            channel,
-            releases: &fleet.releases,
-            actual: None,
-        };
-        let (Some(version), Some(resources)) = (
-            memo.converged(&input),
-            validate::resources_of(fleet, instance),
-        ) else {
-            continue;
-        };
-        actual.instances.insert(
-            instance.name.value.clone(),
-            ActualInstance {
-                version,
-                state: effective_state(fleet, instance),
-                resources,
-                config: fields::instance_config(instance),
-            },
-        );
-    }
+    let instances: Vec<&Instance> = fleet.instances.values().collect();
+    let converged = parallel::map_chunks(&instances, 1_000, |instances| {
+        let mut memo = policy::Memo::converging();
+        let mut converged = Vec::with_capacity(instances.len());
+        for &instance in instances {
+            let Some(channel) = fleet.channels.get(&instance.channel.value) else {
+                continue;
+            };
+            let input = policy::Input {
+                instance,
+                channel,
+                releases: &fleet.releases,
+                actual: None,
+            };
+            let (Some(version), Some(resources)) = (
+                memo.converged(&input),
+                validate::resources_of(fleet, instance),
+            ) else {
+                continue;
+            };
+            converged.push((
+                instance.name.value.clone(),
+                ActualInstance {
+                    version,
+                    state: effective_state(fleet, instance),
+                    resources,
+                    config: fields::instance_config(instance),
+                },
+            ));
+        }
+        converged
+    });
+    actual.instances = converged.into_iter().flatten().collect();
     actual
 }

@@ -19,6 +19,7 @@ use semver::Version;
 use crate::{
     diag::SourceMap,
     model::{Fleet, Instance},
+    parallel,
     policy::{self, BlockedReason, Status},
     validate::{self, ValidFleet},
 };
@@ -151,6 +152,9 @@ impl Plan {
     }
 }
 
+/// Instances per thread below which planning stays on one thread.
+const PER_THREAD: usize = 1_000;
+
 /// The plan that takes `actual` to `desired` at `now`.
 ///
 /// `sources` are the desired fleet's files, so reasons can name them.
@@ -162,39 +166,52 @@ pub fn compute(
 ) -> Plan {
     let fleet = desired.fleet();
     let mut actions = entity_actions(fleet, actual);
-    let mut advisories = Vec::new();
-    let mut memo = policy::Memo::at(now);
-    let names: BTreeSet<&String> = fleet
+    let names: Vec<&String> = fleet
         .instances
         .keys()
         .chain(actual.instances.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
-    for name in names {
-        match (fleet.instances.get(name), actual.instances.get(name)) {
-            (Some(instance), deployed) => {
-                let file = sources.path(instance.name.span.file);
-                let decisions =
-                    instance_actions(fleet, instance, file, deployed, &mut memo, &mut actions);
-                for (decision, action) in decisions {
-                    if decision {
-                        advisories.push(action);
-                    } else {
-                        actions.push(action);
+    // Instances are planned independently, so they are split over the cores; each thread
+    // keeps its own memo of policy decisions.
+    let planned = parallel::map_chunks(&names, PER_THREAD, |names| {
+        let mut memo = policy::Memo::at(now);
+        let mut actions = Vec::new();
+        let mut advisories = Vec::new();
+        for &name in names {
+            match (fleet.instances.get(name), actual.instances.get(name)) {
+                (Some(instance), deployed) => {
+                    let file = sources.path(instance.name.span.file);
+                    let decisions =
+                        instance_actions(fleet, instance, file, deployed, &mut memo, &mut actions);
+                    for (decision, action) in decisions {
+                        if decision {
+                            advisories.push(action);
+                        } else {
+                            actions.push(action);
+                        }
                     }
                 }
+                (None, Some(deployed)) if deployed.state != RunState::Terminated => {
+                    actions.push(Action::new(
+                        Kind::Orphaned,
+                        ResourceType::Instance,
+                        name,
+                        format!(
+                            "the file of instance `{name}` was removed; wakafleet never destroys an instance whose file is gone: restore the file with `state = \"terminated\"` to remove it"
+                        ),
+                    ));
+                }
+                (None, _) => {}
             }
-            (None, Some(deployed)) if deployed.state != RunState::Terminated => {
-                actions.push(Action::new(
-                    Kind::Orphaned,
-                    ResourceType::Instance,
-                    name,
-                    format!(
-                        "the file of instance `{name}` was removed; wakafleet never destroys an instance whose file is gone: restore the file with `state = \"terminated\"` to remove it"
-                    ),
-                ));
-            }
-            (None, _) => {}
         }
+        (actions, advisories)
+    });
+    let mut advisories = Vec::new();
+    for (more_actions, more_advisories) in planned {
+        actions.extend(more_actions);
+        advisories.extend(more_advisories);
     }
     let order = |a: &Action, b: &Action| {
         (a.resource_type, &a.id, a.kind, &a.to).cmp(&(b.resource_type, &b.id, b.kind, &b.to))

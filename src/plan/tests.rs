@@ -8,7 +8,7 @@ use crate::{
     validate::{self, Validation},
 };
 
-const FLEET: &str = "name = \"t\"\n[regions.ng-lagos]\ncountry = \"NG\"\ndocker = \"unix:///d.sock\"\ndatabase = \"env:DB\"\nbackups = \"/b\"\ncapacity = { cpu = \"64\", memory = \"256G\", storage = \"4T\" }\n[sizes.small]\ncpu = \"1\"\nmemory = \"1G\"\nstorage = \"10G\"\n";
+const FLEET: &str = "name = \"t\"\n[regions.ng-lagos]\ncountry = \"NG\"\ndocker = \"unix:///d.sock\"\ndatabase = \"env:DB\"\nbackups = \"/b\"\ncapacity = { cpu = \"4096\", memory = \"4T\", storage = \"100T\" }\n[sizes.small]\ncpu = \"1\"\nmemory = \"1G\"\nstorage = \"10G\"\n";
 
 const RELEASES: &[(&str, &str)] = &[
     (
@@ -157,4 +157,29 @@ fn removed_instances_are_orphaned_and_new_ones_provisioned() {
         Kind::ALL.windows(2).all(|pair| pair[0] < pair[1]),
         "kinds are listed in plan order"
     );
+}
+
+#[test]
+fn large_fleets_planned_on_several_threads_lose_and_repeat_nothing() {
+    // Enough instances for `compute` and `converged_base` to split them over the cores.
+    let names: Vec<String> = (0..2_500).map(|n| format!("i{n:04}")).collect();
+    let base: Vec<(&str, &str)> = names[..2_400]
+        .iter()
+        .map(|name| (name.as_str(), SMALL))
+        .collect();
+    let head: Vec<(&str, &str)> = names[100..]
+        .iter()
+        .map(|name| (name.as_str(), "size = \"small\"\nversion = \"1.1.0\"\n"))
+        .collect();
+    let actions = check(fleet("", &base), fleet("", &head));
+    let expected: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(n, name)| match n {
+            ..100 => format!("orphaned {name} ready"),
+            ..2_400 => format!("upgrade {name} ready"),
+            _ => format!("provision {name} ready"),
+        })
+        .collect();
+    assert_eq!(actions, expected);
 }

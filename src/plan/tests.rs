@@ -177,7 +177,7 @@ fn large_fleets_planned_on_several_threads_lose_and_repeat_nothing() {
         .enumerate()
         .map(|(n, name)| match n {
             ..100 => format!("orphaned {name} ready"),
-            ..2_400 => format!("upgrade {name} ready"),
+            100..2_400 => format!("upgrade {name} ready"),
             _ => format!("provision {name} ready"),
         })
         .collect();

@@ -11,3 +11,4 @@ pub mod plan;
 pub mod parallel;
 
 pub mod source;
+pub mod store;

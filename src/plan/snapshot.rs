@@ -91,7 +91,14 @@ pub fn schema_text() -> String {
 /// # Errors
 /// When the text is not a snapshot of this format, or a value in it does not parse.
 pub fn parse(text: &str) -> Result<Actual, Error> {
-    let snapshot: Snapshot = serde_json::from_str(text)?;
+    into_actual(serde_json::from_str(text)?)
+}
+
+/// Converts a snapshot to an actual state.
+///
+/// # Errors
+/// When the snapshot is of another format version, or a value in it does not parse.
+pub fn into_actual(snapshot: Snapshot) -> Result<Actual, Error> {
     if snapshot.format_version != FORMAT_VERSION {
         return Err(Error::Version(snapshot.format_version));
     }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test binary uses part of the helpers")]
 
+pub mod postgres;
+
 use std::{
     path::Path,
     process::{Command, Output, Stdio},

@@ -1,0 +1,102 @@
+//! The migrations embedded in the binary, applied when a store is opened.
+//!
+//! A role that may not change the schema (the application's role on PostgreSQL) can still
+//! open a store that is up to date: the migrator runs only when a migration is missing.
+
+use std::borrow::Cow;
+
+use futures_util::future::BoxFuture;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+
+use crate::store::{Backend, Error, Store};
+
+/// Each backend's migrations: version, description, SQL.
+const POSTGRES: &[(i64, &str, &str)] = &[(
+    1,
+    "store",
+    include_str!("../../migrations/postgres/0001_store.sql"),
+)];
+const SQLITE: &[(i64, &str, &str)] = &[(
+    1,
+    "store",
+    include_str!("../../migrations/sqlite/0001_store.sql"),
+)];
+
+#[derive(Debug)]
+struct Embedded(&'static [(i64, &'static str, &'static str)]);
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|&(version, description, sql)| {
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+impl Store {
+    /// Applies the migrations the store lacks.
+    pub(crate) async fn migrate(&self) -> Result<(), Error> {
+        let migrations = match self.backend {
+            Backend::Postgres => POSTGRES,
+            Backend::Sqlite => SQLITE,
+        };
+        let applied: Result<Vec<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(self.pool())
+                .await;
+        match applied {
+            Ok(applied)
+                if migrations
+                    .iter()
+                    .all(|(version, _, _)| applied.contains(version)) =>
+            {
+                return Ok(());
+            }
+            Err(error) if super::sqlite_corruption(&error).is_some() => {
+                return Err(self.migrate_error(error.into()));
+            }
+            // A migration is missing, or the table is (a new store): migrate.
+            Ok(_) | Err(sqlx::Error::Database(_)) => {}
+            Err(error) => return Err(self.migrate_error(error.into())),
+        }
+        let migrator = Migrator::new(Embedded(migrations))
+            .await
+            .map_err(|error| self.migrate_error(error.into()))?;
+        migrator
+            .run(self.pool())
+            .await
+            .map_err(|error| self.migrate_error(error.into()))
+    }
+
+    fn migrate_error(&self, source: Box<dyn std::error::Error + Send + Sync>) -> Error {
+        let sqlx_error = source.downcast_ref::<sqlx::Error>().or_else(|| {
+            match source.downcast_ref::<sqlx::migrate::MigrateError>() {
+                Some(sqlx::migrate::MigrateError::Execute(error))
+                | Some(sqlx::migrate::MigrateError::ExecuteMigration(error, _)) => Some(error),
+                _ => None,
+            }
+        });
+        if let Some(reason) = sqlx_error.and_then(super::sqlite_corruption) {
+            return Error::Corrupt {
+                path: super::sqlite_path(&self.url).to_string(),
+                reason,
+            };
+        }
+        Error::Migrate {
+            url: self.url.clone(),
+            source,
+        }
+    }
+}

@@ -3,8 +3,11 @@
 //! Commands print what the user asked for to stdout and return an exit code; failures that
 //! stop a command are returned as errors and reported once by `main`.
 
+pub mod audit;
 pub mod plan;
 pub mod schema;
+pub mod state;
+pub mod store;
 pub mod validate;
 
 use std::io::{IsTerminal, Write};
@@ -29,6 +32,10 @@ pub enum Command {
     Plan(plan::Args),
     /// Write the JSON Schema of each kind of fleet file.
     Schema(schema::Args),
+    /// Verify, search, export and checkpoint the audit log.
+    Audit(audit::Args),
+    /// Export or import the recorded actual state.
+    State(state::Args),
 }
 
 /// How a command formats its report.
@@ -55,5 +62,36 @@ pub fn print(text: &str) -> Result<(), Error> {
     {
         Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
         _ => Ok(()),
+    }
+}
+
+/// Files read whole (snapshots) larger than this are refused rather than read.
+const MAX_READ_BYTES: u64 = 256 << 20;
+
+/// Reads a text file of at most 256 MiB; `what` names it in errors.
+pub fn read_limited(path: &std::path::Path, what: &str) -> Result<String, Error> {
+    let context =
+        |error: &dyn std::fmt::Display| format!("reading {what} `{}`: {error}", path.display());
+    let size = std::fs::metadata(path)
+        .map_err(|error| context(&error))?
+        .len();
+    if size > MAX_READ_BYTES {
+        return Err(context(&format!(
+            "{size} bytes is more than the limit of {MAX_READ_BYTES}"
+        ))
+        .into());
+    }
+    Ok(std::fs::read_to_string(path).map_err(|error| context(&error))?)
+}
+
+/// The person running a command, for the audit log: `$USER` (or "unknown").
+pub fn operator() -> wakafleet::store::audit::Actor {
+    let id = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_string());
+    wakafleet::store::audit::Actor {
+        kind: wakafleet::store::audit::ActorKind::Operator,
+        id,
+        email: None,
     }
 }

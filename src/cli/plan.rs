@@ -13,7 +13,7 @@ use wakafleet::{
     validate::{self, Validation},
 };
 
-use crate::cli;
+use crate::cli::{self, store::StoreArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -44,6 +44,9 @@ pub struct Args {
     /// Exit 0 when there is nothing to do, 2 when there are actions, 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Without --base or --state, the plan is made against the state this store records.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
@@ -93,9 +96,7 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
             (plan::converged_base(base_fleet.fleet()), commit)
         }
         (None, Some(file)) => (read_snapshot(file)?, None),
-        (None, None) => {
-            return Err("wakafleet has no store yet: plan against a commit with `--base REF` or a state snapshot with `--state FILE`".into());
-        }
+        (None, None) => (cli::store::block_on(read_store(&args.store))??, None),
     };
 
     let plan = plan::compute(&desired, &head.sources, &actual, at);
@@ -118,24 +119,20 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
     })
 }
 
-/// Snapshots larger than this are refused rather than read.
-const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
-
 fn read_snapshot(file: &std::path::Path) -> Result<plan::Actual, cli::Error> {
-    let context = |error: &dyn std::fmt::Display| {
-        format!("reading state snapshot `{}`: {error}", file.display())
-    };
-    let size = std::fs::metadata(file)
-        .map_err(|error| context(&error))?
-        .len();
-    if size > MAX_SNAPSHOT_BYTES {
-        return Err(context(&format!(
-            "{size} bytes is more than the limit of {MAX_SNAPSHOT_BYTES}"
-        ))
-        .into());
-    }
-    let text = std::fs::read_to_string(file).map_err(|error| context(&error))?;
-    Ok(plan::snapshot::parse(&text).map_err(|error| context(&error))?)
+    let text = cli::read_limited(file, "state snapshot")?;
+    Ok(plan::snapshot::parse(&text)
+        .map_err(|error| format!("reading state snapshot `{}`: {error}", file.display()))?)
+}
+
+/// The actual state the store records.
+async fn read_store(args: &StoreArgs) -> Result<plan::Actual, cli::Error> {
+    let store = args.open(false).await.map_err(|error| {
+        format!("{error}; or plan against a commit with `--base REF` or a state snapshot with `--state FILE`")
+    })?;
+    let actual = store.actual().await;
+    store.close().await;
+    Ok(actual?)
 }
 
 fn print_diagnostics(validation: &Validation, format: Format) -> Result<(), cli::Error> {

@@ -500,11 +500,13 @@ impl Store {
             .await?;
         match row {
             Some(row) => step_from_row(&row),
-            None => Err(self.running_job(job_id).await.err().unwrap_or_else(|| {
-                Error::Invalid(format!(
-                    "job {job_id} stopped running as step {position} started"
-                ))
-            })),
+            None => match self.running_job(job_id).await {
+                Err(error) => Err(error),
+                // It was not running at the insert and runs again now.
+                Ok(_) => Err(Error::Invalid(format!(
+                    "job {job_id} changed while step {position} was starting"
+                ))),
+            },
         }
     }
 
@@ -596,7 +598,7 @@ impl Store {
     /// The enabled schedules due at `now` (`next_run_at` passed), the longest due first.
     pub async fn due_schedules(&self, now: DateTime<Utc>) -> Result<Vec<Schedule>, Error> {
         let sql = format!(
-            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE enabled = 1 AND next_run_at_us <= $1 \
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE next_run_at_us <= $1 \
              ORDER BY next_run_at_us, name"
         );
         let rows = self

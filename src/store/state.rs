@@ -280,6 +280,13 @@ impl Store {
             let fields = from_json(&fields, &format!("the fields of {kind} `{id}`"))?;
             entities.push(snapshot::Entity { kind, id, fields });
         }
+        // In the order snapshots list them: partners, tenants, channels, releases.
+        let rank = |kind: &str| {
+            ["partner", "tenant", "channel", "release"]
+                .iter()
+                .position(|k| *k == kind)
+        };
+        entities.sort_by(|a, b| (rank(&a.kind), &a.id).cmp(&(rank(&b.kind), &b.id)));
         let instances = self
             .instances()
             .await?

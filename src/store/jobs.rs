@@ -598,7 +598,7 @@ impl Store {
     /// The enabled schedules due at `now` (`next_run_at` passed), the longest due first.
     pub async fn due_schedules(&self, now: DateTime<Utc>) -> Result<Vec<Schedule>, Error> {
         let sql = format!(
-            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE next_run_at_us <= $1 \
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE enabled = 1 AND next_run_at_us <= $1 \
              ORDER BY next_run_at_us, name"
         );
         let rows = self

@@ -16,6 +16,7 @@ use wakafleet::{
         Backend, Error, Options, Store,
         audit::{Actor, ActorKind, Anchor, Commit, Filter, Hash, Outcome, Person, Problem, Record},
         checkpoint::Checkpoint,
+        jobs::{JobKind, JobStatus, NewJob, Schedule, StepStatus, backoff},
         state::{CommitRecord, InstanceRecord, InstanceStatus},
     },
 };
@@ -85,6 +86,8 @@ fn contracts() -> Vec<(&'static str, Contract)> {
         ("snapshot", |f| Box::pin(snapshot_round_trip(f))),
         ("commits", |f| Box::pin(commits(f))),
         ("migrations", |f| Box::pin(migrations(f))),
+        ("jobs", |f| Box::pin(jobs(f))),
+        ("schedules", |f| Box::pin(schedules(f))),
     ]
 }
 
@@ -783,6 +786,171 @@ async fn commits(fixture: &Fixture) {
             .expect("one")
             .valid
     );
+}
+
+fn new_job(instance: &str, priority: i64, not_before: DateTime<Utc>) -> NewJob {
+    NewJob {
+        kind: JobKind::Upgrade,
+        instance: instance.into(),
+        priority,
+        max_attempts: 2,
+        payload: serde_json::json!({"to": "1.5.0"}),
+        commit_sha: Some("ab".repeat(20)),
+        reason: "approved by the merge".into(),
+        not_before,
+    }
+}
+
+async fn jobs(fixture: &Fixture) {
+    let store = &fixture.store;
+    let t0 = at("2026-03-01T10:00:00Z");
+    let web = store
+        .enqueue(&new_job("web", 5, t0), t0)
+        .await
+        .expect("a job");
+    assert_eq!(web.status, JobStatus::Pending);
+    let refused = store.enqueue(&new_job("web", 5, t0), t0).await;
+    assert!(
+        matches!(&refused, Err(Error::Invalid(message)) if message.contains(&web.id)),
+        "one active job per instance: {refused:?}"
+    );
+    let api = store
+        .enqueue(&new_job("api", 9, t0), t0)
+        .await
+        .expect("a job");
+    let later = store
+        .enqueue(&new_job("db", 99, t0 + chrono::Duration::hours(1)), t0)
+        .await
+        .expect("a job");
+
+    // Highest priority first; a job not yet due waits.
+    let first = store
+        .claim("w1", t0)
+        .await
+        .expect("a claim")
+        .expect("a job");
+    assert_eq!(
+        (first.id.as_str(), first.status, first.attempts),
+        (api.id.as_str(), JobStatus::Running, 1)
+    );
+    let second = store
+        .claim("w2", t0)
+        .await
+        .expect("a claim")
+        .expect("a job");
+    assert_eq!(second.id, web.id);
+    assert!(
+        store.claim("w1", t0).await.expect("a claim").is_none(),
+        "{later:?} is not due"
+    );
+
+    // Steps: resumed after a crash, counted.
+    store
+        .start_step(&web.id, 1, "backup", t0)
+        .await
+        .expect("a step");
+    store
+        .finish_step(&web.id, 1, StepStatus::Succeeded, None, t0)
+        .await
+        .expect("a step");
+    store
+        .start_step(&web.id, 2, "migrate", t0)
+        .await
+        .expect("a step");
+    let resumed = store
+        .start_step(&web.id, 2, "migrate", t0)
+        .await
+        .expect("a step");
+    assert_eq!(resumed.attempts, 2);
+    let steps = store.steps(&web.id).await.expect("steps");
+    assert_eq!(
+        steps
+            .iter()
+            .map(|step| (step.name.as_str(), step.status))
+            .collect::<Vec<_>>(),
+        vec![
+            ("backup", StepStatus::Succeeded),
+            ("migrate", StepStatus::Running)
+        ]
+    );
+
+    // A failure is retried after a backoff, then dead-lettered.
+    let retried = store
+        .finish_job(&web.id, Err("health check timed out"), t0)
+        .await
+        .expect("finished");
+    assert_eq!(retried.status, JobStatus::Pending);
+    assert_eq!(retried.not_before, t0 + backoff(1));
+    let again = store
+        .claim("w1", t0 + backoff(1))
+        .await
+        .expect("a claim")
+        .expect("the retry");
+    assert_eq!((again.id.as_str(), again.attempts), (web.id.as_str(), 2));
+    let dead = store
+        .finish_job(&web.id, Err("health check timed out"), t0)
+        .await
+        .expect("finished");
+    assert_eq!(dead.status, JobStatus::Dead);
+    assert_eq!(dead.error.as_deref(), Some("health check timed out"));
+    // The instance may have a job again.
+    store
+        .enqueue(&new_job("web", 5, t0), t0)
+        .await
+        .expect("a new job");
+
+    let done = store
+        .finish_job(&api.id, Ok(()), t0)
+        .await
+        .expect("finished");
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert!(
+        store.finish_job(&api.id, Ok(()), t0).await.is_err(),
+        "only running jobs finish"
+    );
+    let cancelled = store.cancel(&later.id, t0).await.expect("cancelled");
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    assert!(store.active_job("db").await.expect("a read").is_none());
+}
+
+async fn schedules(fixture: &Fixture) {
+    let store = &fixture.store;
+    let t0 = at("2026-03-01T02:00:00Z");
+    let schedule = Schedule {
+        name: "backup/web".into(),
+        cron: "0 2 * * *".into(),
+        timezone: "Africa/Lagos".into(),
+        job_kind: JobKind::Backup,
+        instance: Some("web".into()),
+        payload: serde_json::json!({}),
+        enabled: true,
+        last_run_at: None,
+        next_run_at: t0,
+    };
+    store.put_schedule(&schedule).await.expect("a schedule");
+    store
+        .put_schedule(&Schedule {
+            name: "backup/off".into(),
+            enabled: false,
+            ..schedule.clone()
+        })
+        .await
+        .expect("a schedule");
+    let due = store.due_schedules(t0).await.expect("due");
+    assert_eq!(
+        due.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        vec!["backup/web"]
+    );
+    assert_eq!(due[0], schedule);
+    let next = t0 + chrono::Duration::days(1);
+    assert!(
+        store
+            .mark_schedule_ran("backup/web", t0, next)
+            .await
+            .expect("marked")
+    );
+    assert!(store.due_schedules(t0).await.expect("due").is_empty());
+    assert_eq!(store.due_schedules(next).await.expect("due").len(), 1);
 }
 
 async fn migrations(fixture: &Fixture) {

@@ -350,7 +350,7 @@ const CSV_HEADER: &[&str] = &[
 /// Where exported records go, in their format.
 enum Sink {
     Ndjson(BufWriter<Box<dyn Write>>),
-    Csv(csv::Writer<Box<dyn Write>>),
+    Csv(Box<csv::Writer<Box<dyn Write>>>),
 }
 
 impl Sink {
@@ -360,7 +360,7 @@ impl Sink {
             ExportFormat::Csv => {
                 let mut writer = csv::Writer::from_writer(out);
                 writer.write_record(CSV_HEADER)?;
-                Sink::Csv(writer)
+                Sink::Csv(Box::new(writer))
             }
         })
     }

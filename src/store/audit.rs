@@ -1074,7 +1074,8 @@ mod tests {
     #[test]
     fn every_field_is_covered_by_the_hash() {
         let original = rows(3);
-        let edits: Vec<(&str, fn(&mut StoredRow))> = vec![
+        type Edit = fn(&mut StoredRow);
+        let edits: Vec<(&str, Edit)> = vec![
             ("id", |row| row.id.push('x')),
             ("at", |row| row.at_us += 1),
             ("actor kind", |row| row.actor_kind = "operator".into()),

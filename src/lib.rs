@@ -12,3 +12,5 @@ pub mod parallel;
 
 pub mod source;
 pub mod store;
+pub mod image;
+pub mod driver;

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         Command::Schema(args) => cli::schema::run(args),
         Command::Audit(args) => cli::audit::run(args),
         Command::State(args) => cli::state::run(args),
+        Command::Image(args) => cli::image::run(args),
     };
     result.unwrap_or_else(|error| {
         report(error.as_ref());

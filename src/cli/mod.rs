@@ -4,6 +4,7 @@
 //! stop a command are returned as errors and reported once by `main`.
 
 pub mod audit;
+pub mod image;
 pub mod plan;
 pub mod schema;
 pub mod state;
@@ -36,6 +37,8 @@ pub enum Command {
     Audit(audit::Args),
     /// Export or import the recorded actual state.
     State(state::Args),
+    /// Build the demo platform's images, one per release.
+    Image(image::Args),
 }
 
 /// How a command formats its report.

@@ -11,16 +11,30 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use crate::store::{Backend, Error, Store};
 
 /// Each backend's migrations: version, description, SQL.
-const POSTGRES: &[(i64, &str, &str)] = &[(
-    1,
-    "store",
-    include_str!("../../migrations/postgres/0001_store.sql"),
-)];
-const SQLITE: &[(i64, &str, &str)] = &[(
-    1,
-    "store",
-    include_str!("../../migrations/sqlite/0001_store.sql"),
-)];
+const POSTGRES: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "store",
+        include_str!("../../migrations/postgres/0001_store.sql"),
+    ),
+    (
+        2,
+        "secrets",
+        include_str!("../../migrations/postgres/0002_secrets.sql"),
+    ),
+];
+const SQLITE: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "store",
+        include_str!("../../migrations/sqlite/0001_store.sql"),
+    ),
+    (
+        2,
+        "secrets",
+        include_str!("../../migrations/sqlite/0002_secrets.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct Embedded(&'static [(i64, &'static str, &'static str)]);

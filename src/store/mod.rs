@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod checkpoint;
 pub mod jobs;
+pub mod secrets;
 pub mod state;
 
 mod migrate;

@@ -2,7 +2,8 @@
 //! started on a free loopback port, stopped (immediately) and removed on drop.
 //!
 //! The superuser is `postgres` with the password [`PASSWORD`]; TCP connections need a
-//! password (scram-sha-256), so roles and their privileges are real. When the tests run as
+//! password (scram-sha-256), so roles and their privileges are real. It listens on every
+//! address, so containers can reach it through the Docker host's gateway. When the tests run as
 //! root the server runs as the `postgres` user, as PostgreSQL refuses to run as root.
 
 #![allow(dead_code, reason = "each test binary uses part of the helpers")]
@@ -123,6 +124,12 @@ impl Postgres {
             ))
             .args(["--encoding=UTF8", "--locale=C", "--no-sync"]);
         run(initdb, "initdb");
+        // Containers reach the server through the Docker host's gateway address, with a
+        // password like any other remote client.
+        let hba = folder.path().join("data/pg_hba.conf");
+        let mut rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        rules += "host all all 0.0.0.0/0 scram-sha-256\n";
+        std::fs::write(&hba, rules).expect("write pg_hba.conf");
         let mut postgres = Postgres {
             bin,
             folder,
@@ -144,7 +151,7 @@ impl Postgres {
     /// Starts the server again on the same port after [`Postgres::stop`].
     pub fn start_again(&mut self) {
         let mut options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=* -c max_connections=200",
             self.port,
             self.folder.path().display()
         );

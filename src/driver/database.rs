@@ -1,0 +1,447 @@
+//! One region's PostgreSQL server: a database and a role per instance, backups with
+//! `pg_dump` in the custom format, restores with `pg_restore`, and the maintenance flag the
+//! platform reads.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+};
+
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
+
+use crate::driver::Error;
+
+/// A PostgreSQL URL taken apart: `postgres://USER:PASSWORD@HOST:PORT/DATABASE`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    pub user: String,
+    pub password: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+}
+
+impl std::fmt::Debug for ServerUrl {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.shown())
+    }
+}
+
+impl ServerUrl {
+    pub fn parse(url: &str) -> Result<ServerUrl, String> {
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+            .ok_or("a database URL starts with postgres://")?;
+        let rest = rest.split('?').next().unwrap_or(rest);
+        let (authority, database) = rest.split_once('/').unwrap_or((rest, "postgres"));
+        let (credentials, address) = authority
+            .rsplit_once('@')
+            .ok_or("a database URL names its user: postgres://USER:PASSWORD@HOST/DATABASE")?;
+        let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+        let (host, port) = match address.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse()
+                    .map_err(|_| format!("`{port}` is not a port number"))?,
+            ),
+            None => (address, 5432),
+        };
+        Ok(ServerUrl {
+            user: percent_decode(user)?,
+            password: percent_decode(password)?,
+            host: host.to_string(),
+            port,
+            database: percent_decode(database)?,
+        })
+    }
+
+    /// The same server and credentials, another database.
+    pub fn with_database(&self, database: &str) -> ServerUrl {
+        ServerUrl {
+            database: database.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// For messages: no password.
+    pub fn shown(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    pub fn options(&self) -> PgConnectOptions {
+        PgConnectOptions::new()
+            .host(&self.host)
+            .port(self.port)
+            .username(&self.user)
+            .password(&self.password)
+            .database(&self.database)
+    }
+
+    /// The URL with its parts encoded.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{}:{}@{}:{}/{}",
+            percent_encode(&self.user),
+            percent_encode(&self.password),
+            self.host,
+            self.port,
+            percent_encode(&self.database)
+        )
+    }
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = text
+                .get(index + 1..index + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .ok_or("a database URL has a bad %-escape")?;
+            out.push(hex);
+            index += 3;
+        } else {
+            out.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "a database URL is not UTF-8 once decoded".to_string())
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// The region's server, as its administrator.
+#[derive(Clone, Debug)]
+pub struct Server {
+    pub region: String,
+    pub admin: ServerUrl,
+}
+
+/// A backup file and its checksum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backup {
+    /// The file name, which `restore` takes.
+    pub name: String,
+    pub path: PathBuf,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+impl Server {
+    fn error(&self, source: sqlx::Error) -> Error {
+        Error::Database {
+            region: self.region.clone(),
+            endpoint: self.admin.shown(),
+            source,
+        }
+    }
+
+    async fn connect(&self, database: &str) -> Result<PgConnection, Error> {
+        PgConnection::connect_with(&self.admin.with_database(database).options())
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Fails unless the server answers.
+    pub async fn ping(&self) -> Result<(), Error> {
+        let mut connection = self.connect(&self.admin.database).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        connection.close().await.map_err(|e| self.error(e))
+    }
+
+    /// Makes the role (with this password) and its database exist; only the role and the
+    /// administrator may connect to the database.
+    pub async fn ensure_database(&self, name: &str, password: &str) -> Result<(), Error> {
+        let mut connection = self.connect(&self.admin.database).await?;
+        let role_exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                .bind(name)
+                .fetch_one(&mut connection)
+                .await
+                .map_err(|e| self.error(e))?;
+        let verb = if role_exists { "ALTER" } else { "CREATE" };
+        // The password is generated hex and the name a checked identifier, so both are safe
+        // to quote; PostgreSQL takes neither as a parameter here.
+        sqlx::raw_sql(&format!(
+            "{verb} ROLE \"{name}\" LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE"
+        ))
+        .execute(&mut connection)
+        .await
+        .map_err(|e| self.error(e))?;
+        let database_exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(name)
+                .fetch_one(&mut connection)
+                .await
+                .map_err(|e| self.error(e))?;
+        if !database_exists {
+            sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\" OWNER \"{name}\""))
+                .execute(&mut connection)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        sqlx::raw_sql(&format!(
+            "REVOKE ALL ON DATABASE \"{name}\" FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE \"{name}\" TO \"{name}\""
+        ))
+        .execute(&mut connection)
+        .await
+        .map_err(|e| self.error(e))?;
+        connection.close().await.map_err(|e| self.error(e))
+    }
+
+    pub async fn database_exists(&self, name: &str) -> Result<bool, Error> {
+        let mut connection = self.connect(&self.admin.database).await?;
+        let exists =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(name)
+                .fetch_one(&mut connection)
+                .await
+                .map_err(|e| self.error(e))?;
+        connection.close().await.map_err(|e| self.error(e))?;
+        Ok(exists)
+    }
+
+    /// Drops the database and its role, closing their sessions first.
+    pub async fn drop_database(&self, name: &str) -> Result<(), Error> {
+        let mut connection = self.connect(&self.admin.database).await?;
+        // Separate statements: DROP DATABASE cannot run inside the transaction a
+        // multi-statement query makes.
+        for statement in [
+            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+            format!("DROP ROLE IF EXISTS \"{name}\""),
+        ] {
+            sqlx::raw_sql(&statement)
+                .execute(&mut connection)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        connection.close().await.map_err(|e| self.error(e))
+    }
+
+    /// Turns the platform's maintenance mode on or off (its `platform_settings` table); a
+    /// database without the table yet (before the first migration) has nothing to turn.
+    pub async fn set_maintenance(&self, database: &str, on: bool) -> Result<(), Error> {
+        let mut connection = self.connect(database).await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('platform_settings') IS NOT NULL")
+                .fetch_one(&mut connection)
+                .await
+                .map_err(|e| self.error(e))?;
+        if exists {
+            let sql = if on {
+                "INSERT INTO platform_settings (key, value) VALUES ('maintenance', 'on') ON CONFLICT (key) DO UPDATE SET value = 'on'"
+            } else {
+                "DELETE FROM platform_settings WHERE key = 'maintenance'"
+            };
+            sqlx::query(sql)
+                .execute(&mut connection)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        connection.close().await.map_err(|e| self.error(e))
+    }
+
+    /// Dumps `database` into `folder` as `<label>.dump` with its checksum beside it
+    /// (`<label>.dump.sha256`), written to a temporary name first so a crash leaves no
+    /// half-written backup under the final name.
+    pub async fn backup(
+        &self,
+        database: &str,
+        folder: &Path,
+        label: &str,
+    ) -> Result<Backup, Error> {
+        tokio::fs::create_dir_all(folder).await.map_err(|error| {
+            Error::Invalid(format!(
+                "region `{}`: cannot create the backups folder {}: {error}",
+                self.region,
+                folder.display()
+            ))
+        })?;
+        let name = format!("{label}.dump");
+        let path = folder.join(&name);
+        let partial = folder.join(format!("{name}.partial"));
+        self.pg_tool(
+            "pg_dump",
+            &[
+                "--format=custom",
+                "--file",
+                path_text(&partial)?,
+                "--dbname",
+                database,
+            ],
+        )
+        .await?;
+        tokio::fs::rename(&partial, &path)
+            .await
+            .map_err(|error| Error::Invalid(format!("moving the backup into place: {error}")))?;
+        let (sha256, bytes) = checksum(&path).await?;
+        tokio::fs::write(
+            folder.join(format!("{name}.sha256")),
+            format!("{sha256}  {name}\n"),
+        )
+        .await
+        .map_err(|error| Error::Invalid(format!("writing the backup's checksum: {error}")))?;
+        Ok(Backup {
+            name,
+            path,
+            sha256,
+            bytes,
+        })
+    }
+
+    /// Restores a backup of `folder` into `database`, replacing its objects, after checking
+    /// the file against its recorded checksum.
+    pub async fn restore(
+        &self,
+        database: &str,
+        folder: &Path,
+        name: &str,
+    ) -> Result<Backup, Error> {
+        if name.contains('/') || name.contains("..") {
+            return Err(Error::Invalid(format!("`{name}` is not a backup name")));
+        }
+        let path = folder.join(name);
+        let recorded = tokio::fs::read_to_string(folder.join(format!("{name}.sha256")))
+            .await
+            .map_err(|error| {
+                Error::Invalid(format!(
+                    "the backup {} has no checksum: {error}",
+                    path.display()
+                ))
+            })?;
+        let (sha256, bytes) = checksum(&path).await?;
+        if recorded.split_whitespace().next() != Some(sha256.as_str()) {
+            return Err(Error::Invalid(format!(
+                "the backup {} does not match its checksum; it is not restored",
+                path.display()
+            )));
+        }
+        self.pg_tool(
+            "pg_restore",
+            &[
+                "--clean",
+                "--if-exists",
+                "--single-transaction",
+                "--exit-on-error",
+                "--dbname",
+                database,
+                path_text(&path)?,
+            ],
+        )
+        .await?;
+        Ok(Backup {
+            name: name.to_string(),
+            path,
+            sha256,
+            bytes,
+        })
+    }
+
+    /// Runs a PostgreSQL client program against this server, the password in its
+    /// environment rather than on its command line.
+    async fn pg_tool(&self, program: &str, args: &[&str]) -> Result<(), Error> {
+        let binary = pg_binary(program)?;
+        let mut command = tokio::process::Command::new(&binary);
+        command
+            .args(args)
+            .env("PGHOST", &self.admin.host)
+            .env("PGPORT", self.admin.port.to_string())
+            .env("PGUSER", &self.admin.user)
+            .env("PGPASSWORD", &self.admin.password)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // `--dbname NAME` is a database name: the connection comes from the environment.
+        let output = command
+            .output()
+            .await
+            .map_err(|error| Error::Invalid(format!("cannot run {}: {error}", binary.display())))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Step {
+                step: program.to_string(),
+                reason: format!(
+                    "region `{}` ({}): {}",
+                    self.region,
+                    self.admin.shown(),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            })
+        }
+    }
+}
+
+fn path_text(path: &Path) -> Result<&str, Error> {
+    path.to_str()
+        .ok_or_else(|| Error::Invalid(format!("{} is not a UTF-8 path", path.display())))
+}
+
+async fn checksum(path: &Path) -> Result<(String, u64), Error> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|error| Error::Invalid(format!("reading {}: {error}", path.display())))?;
+    Ok((hex::encode(Sha256::digest(&bytes)), bytes.len() as u64))
+}
+
+/// A PostgreSQL client program: on the PATH, or Debian's newest under /usr/lib/postgresql.
+fn pg_binary(program: &str) -> Result<PathBuf, Error> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin").join(program))
+        .collect();
+    debian.sort();
+    candidates.extend(debian.into_iter().rev());
+    candidates.into_iter().find(|path| path.is_file()).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{program} is needed for backups: install PostgreSQL's client programs (`apt-get install -y postgresql-client`)"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_taken_apart_and_put_back() {
+        let url = ServerUrl::parse("postgres://admin:p%40ss@db.example:6543/fleet?sslmode=disable")
+            .expect("a URL");
+        assert_eq!(url.user, "admin");
+        assert_eq!(url.password, "p@ss");
+        assert_eq!((url.host.as_str(), url.port), ("db.example", 6543));
+        assert_eq!(url.database, "fleet");
+        assert_eq!(url.shown(), "db.example:6543");
+        assert_eq!(ServerUrl::parse(&url.url()).expect("a URL"), url);
+        assert!(!format!("{url:?}").contains("p@ss"));
+        let bare = ServerUrl::parse("postgres://admin@db").expect("a URL");
+        assert_eq!((bare.port, bare.database.as_str()), (5432, "postgres"));
+        assert!(ServerUrl::parse("mysql://x@y/z").is_err());
+        assert!(ServerUrl::parse("postgres://db/z").is_err());
+    }
+}

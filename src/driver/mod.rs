@@ -1,0 +1,761 @@
+//! The driver: every lifecycle operation of an instance against its region's real Docker
+//! engine and PostgreSQL server.
+//!
+//! An instance is a Docker network and volume, a database with its own role, and two
+//! containers (`app` and `worker`) of its release's image, named `wakafleet-<instance>-<role>`
+//! and labelled with the instance, the release and the configuration hash. Every step checks
+//! what exists before it acts (labels, the server's catalogue), so any operation can be
+//! repeated, and resumed after a crash at any point. The steps follow the seeds' runbooks:
+//! provisioning is validate, allocate, database, migrations, containers, health, smoke test,
+//! activate (migrations run before the containers start, so the app never sees an old
+//! schema); an upgrade takes a backup, turns maintenance on, migrates with the new image,
+//! replaces the containers and checks health, and on any failure puts the old image back and
+//! restores the backup by itself.
+//!
+//! Secrets (the database password, `env:` values of the environment template) reach the
+//! containers' environment only: they are not part of the configuration hash, and no error
+//! or log line carries them.
+
+pub mod database;
+pub mod engine;
+pub mod http;
+pub mod template;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    time::Duration,
+};
+
+use semver::Version;
+use sha2::{Digest, Sha256};
+
+use crate::model::Resources;
+use database::{Backup, Server, ServerUrl};
+use engine::{ContainerSpec, Engine};
+
+/// Why an operation failed. Each names the region and, for an unreachable part, its
+/// endpoint (never a password).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("region `{region}`: the Docker engine at {endpoint} failed: {source}")]
+    Docker {
+        region: String,
+        endpoint: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("region `{region}`: the PostgreSQL server at {endpoint} failed: {source}")]
+    Database {
+        region: String,
+        endpoint: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("step `{step}` failed: {reason}")]
+    Step { step: String, reason: String },
+    #[error(
+        "the upgrade to {to} failed ({cause}); the instance was rolled back to {from} and its database restored from {backup}"
+    )]
+    RolledBack {
+        from: Version,
+        to: Version,
+        backup: String,
+        cause: Box<Error>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where a region's parts are.
+#[derive(Clone, Debug)]
+pub struct Region {
+    pub name: String,
+    /// The Docker endpoint, `unix://…` or `tcp://…`.
+    pub docker: String,
+    /// The administrator's URL of the region's PostgreSQL server, resolved from its `env:`.
+    pub database: String,
+    /// The folder backups are written to.
+    pub backups: PathBuf,
+}
+
+/// How the driver works, beyond the region.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Labels added to everything the driver makes (tests sweep by them).
+    pub labels: BTreeMap<String, String>,
+    /// How long an instance may take to become healthy.
+    pub health_timeout: Duration,
+    /// How long a migration may run.
+    pub migration_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            labels: BTreeMap::new(),
+            health_timeout: Duration::from_secs(60),
+            migration_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What an instance should be.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub instance: String,
+    pub version: Version,
+    pub image: String,
+    pub resources: Resources,
+    /// The environment the template renders, without secrets.
+    pub environment: BTreeMap<String, String>,
+    /// Variables whose values are secrets: name to `env:NAME` reference.
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl Target {
+    /// The hash of the configuration: the environment and the names of the secrets (not
+    /// their values, which never leave the daemon).
+    pub fn config_hash(&self) -> String {
+        let mut hasher = Sha256::new();
+        for (name, value) in &self.environment {
+            hasher.update(name.as_bytes());
+            hasher.update([0]);
+            hasher.update(value.as_bytes());
+            hasher.update([0]);
+        }
+        for (name, reference) in &self.secrets {
+            hasher.update(name.as_bytes());
+            hasher.update([1]);
+            hasher.update(reference.as_bytes());
+            hasher.update([0]);
+        }
+        hex::encode(&hasher.finalize()[..8])
+    }
+}
+
+/// Where an instance differs from what it should be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Drift {
+    MissingNetwork,
+    MissingVolume,
+    MissingDatabase,
+    MissingContainer { role: Role },
+    Stopped { role: Role },
+    OtherImage { role: Role, found: String },
+    OtherLimits { role: Role, cpu: i64, memory: i64 },
+    OtherConfiguration { role: Role, found: String },
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drift::MissingNetwork => write!(formatter, "its network is missing"),
+            Drift::MissingVolume => write!(formatter, "its volume is missing"),
+            Drift::MissingDatabase => write!(formatter, "its database is missing"),
+            Drift::MissingContainer { role } => {
+                write!(formatter, "its {role} container is missing")
+            }
+            Drift::Stopped { role } => write!(formatter, "its {role} container is stopped"),
+            Drift::OtherImage { role, found } => {
+                write!(
+                    formatter,
+                    "its {role} container runs another image, {found}"
+                )
+            }
+            Drift::OtherLimits { role, cpu, memory } => write!(
+                formatter,
+                "its {role} container has other limits ({cpu} nano-CPUs, {memory} bytes)"
+            ),
+            Drift::OtherConfiguration { role, found } => write!(
+                formatter,
+                "its {role} container has another configuration ({found})"
+            ),
+        }
+    }
+}
+
+/// The long-running containers of an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    App,
+    Worker,
+}
+
+impl Role {
+    pub const ALL: [Role; 2] = [Role::App, Role::Worker];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::App => "app",
+            Role::Worker => "worker",
+        }
+    }
+
+    fn command(self) -> &'static str {
+        match self {
+            Role::App => "serve",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// The label keys the driver sets.
+pub mod labels {
+    pub const MANAGED: &str = "org.wakafleet.managed";
+    pub const INSTANCE: &str = "org.wakafleet.instance";
+    pub const ROLE: &str = "org.wakafleet.role";
+    pub const RELEASE: &str = "org.wakafleet.release";
+    pub const CONFIG_HASH: &str = "org.wakafleet.config-hash";
+}
+
+/// The port the platform listens on inside its containers.
+const PORT: u16 = 8080;
+
+/// Where an instance's volume is mounted.
+const DATA_PATH: &str = "/data";
+
+/// An instance's names on the engine and the server.
+pub fn network_name(instance: &str) -> String {
+    format!("wakafleet-{instance}")
+}
+
+pub fn volume_name(instance: &str) -> String {
+    format!("wakafleet-{instance}-data")
+}
+
+pub fn container_name(instance: &str, role: &str) -> String {
+    format!("wakafleet-{instance}-{role}")
+}
+
+/// The database and role of an instance: `wf_` and its name with `-` as `_`, shortened with
+/// a hash when longer than PostgreSQL's 63 bytes.
+pub fn database_name(instance: &str) -> String {
+    let name = format!("wf_{}", instance.replace('-', "_"));
+    if name.len() <= 63 {
+        return name;
+    }
+    let hash = hex::encode(&Sha256::digest(instance.as_bytes())[..4]);
+    format!("{}_{hash}", &name[..54])
+}
+
+/// Docker's CPU limit for the resources: nano-CPUs.
+fn nano_cpus(resources: Resources) -> i64 {
+    i64::try_from(resources.cpu.millicores())
+        .unwrap_or(i64::MAX / 1_000_000)
+        .saturating_mul(1_000_000)
+}
+
+/// A backup label for now, sortable: `20260115T120000.123456Z`.
+fn now_label() -> String {
+    chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ").to_string()
+}
+
+/// A new database password: 32 random bytes in hex.
+pub fn generate_password() -> Result<String, Error> {
+    let mut bytes = [0; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|error| Error::Invalid(format!("no randomness for a password: {error}")))?;
+    Ok(hex::encode(bytes))
+}
+
+/// A region's engine and server, and what the driver does with them.
+#[derive(Debug)]
+pub struct Driver {
+    pub engine: Engine,
+    pub server: Server,
+    region: Region,
+    options: Options,
+    /// The server's address as containers reach it.
+    container_database_host: String,
+}
+
+impl Driver {
+    /// A driver for `region`; nothing is contacted until an operation runs.
+    pub fn new(region: &Region, options: Options) -> Result<Driver, Error> {
+        let admin = ServerUrl::parse(&region.database).map_err(|reason| {
+            Error::Invalid(format!(
+                "region `{}`: its database URL: {reason}",
+                region.name
+            ))
+        })?;
+        // A server on the engine's own loopback is reached from containers through the
+        // host's gateway.
+        let container_database_host = match admin.host.as_str() {
+            "127.0.0.1" | "localhost" | "::1" => "host.docker.internal".to_string(),
+            host => host.to_string(),
+        };
+        Ok(Driver {
+            engine: Engine::connect(&region.name, &region.docker)?,
+            server: Server {
+                region: region.name.clone(),
+                admin,
+            },
+            region: region.clone(),
+            options,
+            container_database_host,
+        })
+    }
+
+    fn labels(&self, instance: &str) -> HashMap<String, String> {
+        let mut labels: HashMap<String, String> = self
+            .options
+            .labels
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        labels.insert(labels::MANAGED.into(), "true".into());
+        labels.insert(labels::INSTANCE.into(), instance.to_string());
+        labels
+    }
+
+    fn backups_folder(&self, instance: &str) -> PathBuf {
+        self.region.backups.join(instance)
+    }
+
+    /// The URL the instance's containers use: its own role and database.
+    fn instance_database_url(&self, instance: &str, password: &str) -> String {
+        let name = database_name(instance);
+        ServerUrl {
+            user: name.clone(),
+            password: password.to_string(),
+            host: self.container_database_host.clone(),
+            port: self.server.admin.port,
+            database: name,
+        }
+        .url()
+    }
+
+    fn spec(
+        &self,
+        target: &Target,
+        role: &str,
+        command: &str,
+        password: &str,
+    ) -> Result<ContainerSpec, Error> {
+        let mut env: Vec<String> = target
+            .environment
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        for (name, reference) in &target.secrets {
+            let variable = reference.strip_prefix("env:").unwrap_or(reference);
+            let value = std::env::var(variable).map_err(|_| {
+                Error::Invalid(format!(
+                    "instance `{}`: the secret {name} is to come from the environment variable {variable}, which is not set",
+                    target.instance
+                ))
+            })?;
+            env.push(format!("{name}={value}"));
+        }
+        env.push(format!(
+            "DATABASE_URL={}",
+            self.instance_database_url(&target.instance, password)
+        ));
+        env.push(format!("PORT={PORT}"));
+        env.push(format!("WAKAFLEET_INSTANCE={}", target.instance));
+        let mut labels = self.labels(&target.instance);
+        labels.insert(labels::ROLE.into(), role.to_string());
+        labels.insert(labels::RELEASE.into(), target.version.to_string());
+        labels.insert(labels::CONFIG_HASH.into(), target.config_hash());
+        Ok(ContainerSpec {
+            name: container_name(&target.instance, role),
+            image: target.image.clone(),
+            command: vec![command.to_string()],
+            env,
+            labels,
+            network: network_name(&target.instance),
+            volume: Some((volume_name(&target.instance), DATA_PATH.to_string())),
+            nano_cpus: nano_cpus(target.resources),
+            memory: i64::try_from(target.resources.memory.bytes()).unwrap_or(i64::MAX),
+            extra_hosts: vec!["host.docker.internal:host-gateway".to_string()],
+        })
+    }
+
+    // The steps, each safe to repeat.
+
+    /// validate: both the engine and the server answer, and the image is there.
+    pub async fn validate(&self, target: &Target) -> Result<(), Error> {
+        self.engine.ping().await?;
+        self.server.ping().await?;
+        if !self.engine.has_image(&target.image).await? {
+            return Err(Error::Invalid(format!(
+                "region `{}`: the image `{}` is not on the engine at {}; build it with `wakafleet image build`",
+                self.region.name, target.image, self.region.docker
+            )));
+        }
+        Ok(())
+    }
+
+    /// allocate: the instance's network and volume.
+    pub async fn allocate(&self, instance: &str) -> Result<(), Error> {
+        let labels = self.labels(instance);
+        self.engine
+            .ensure_network(&network_name(instance), &labels)
+            .await?;
+        self.engine
+            .ensure_volume(&volume_name(instance), &labels)
+            .await
+    }
+
+    /// database: the instance's role (with `password`) and database.
+    pub async fn database(&self, instance: &str, password: &str) -> Result<(), Error> {
+        self.server
+            .ensure_database(&database_name(instance), password)
+            .await
+    }
+
+    /// migrations: the target release's migrations, run once by its image.
+    pub async fn migrate(&self, target: &Target, password: &str) -> Result<(), Error> {
+        let spec = self.spec(target, "migrate", "migrate", password)?;
+        let (code, output) = self
+            .engine
+            .run_once(&spec, self.options.migration_timeout)
+            .await?;
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(Error::Step {
+                step: "migrations".into(),
+                reason: format!("{} exited with {code}: {}", target.image, output.trim()),
+            })
+        }
+    }
+
+    /// containers: app and worker as the target says, replacing any that differ.
+    pub async fn containers(&self, target: &Target, password: &str) -> Result<(), Error> {
+        for role in Role::ALL {
+            let spec = self.spec(target, role.as_str(), role.command(), password)?;
+            self.engine.ensure_running(&spec).await?;
+        }
+        Ok(())
+    }
+
+    /// health: both containers healthy by their image's health check.
+    pub async fn health(&self, instance: &str) -> Result<(), Error> {
+        for role in Role::ALL {
+            self.engine
+                .wait_healthy(
+                    &container_name(instance, role.as_str()),
+                    self.options.health_timeout,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// smoke test: create, read and delete an item through the app.
+    pub async fn smoke(&self, instance: &str) -> Result<(), Error> {
+        let failed = |reason: String| Error::Step {
+            step: "smoke test".into(),
+            reason,
+        };
+        let address = self
+            .engine
+            .address(&container_name(instance, "app"), &network_name(instance))
+            .await?
+            .ok_or_else(|| failed("the app container has no address".into()))?;
+        let address = format!("{address}:{PORT}");
+        let item = serde_json::json!({"name": "wakafleet smoke test"});
+        let (status, body) = http::request(&address, "POST", "/items", Some(&item))
+            .await
+            .map_err(&failed)?;
+        if status != 201 {
+            return Err(failed(format!("POST /items answered {status}: {body}")));
+        }
+        let id = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|created| created["id"].as_i64())
+            .ok_or_else(|| failed(format!("POST /items gave no id: {body}")))?;
+        let (status, body) = http::request(&address, "GET", &format!("/items/{id}"), None)
+            .await
+            .map_err(&failed)?;
+        if status != 200 || !body.contains("wakafleet smoke test") {
+            return Err(failed(format!("GET /items/{id} answered {status}: {body}")));
+        }
+        let (status, body) = http::request(&address, "DELETE", &format!("/items/{id}"), None)
+            .await
+            .map_err(&failed)?;
+        if !(200..300).contains(&status) {
+            return Err(failed(format!(
+                "DELETE /items/{id} answered {status}: {body}"
+            )));
+        }
+        Ok(())
+    }
+
+    // The operations.
+
+    /// Provisions an instance from nothing, or finishes one a crash interrupted.
+    pub async fn provision(&self, target: &Target, password: &str) -> Result<(), Error> {
+        self.validate(target).await?;
+        self.allocate(&target.instance).await?;
+        self.database(&target.instance, password).await?;
+        self.migrate(target, password).await?;
+        self.containers(target, password).await?;
+        self.health(&target.instance).await?;
+        self.smoke(&target.instance).await
+    }
+
+    /// Applies a new configuration (environment): containers whose configuration hash
+    /// differs are replaced.
+    pub async fn configure(&self, target: &Target, password: &str) -> Result<(), Error> {
+        self.validate(target).await?;
+        self.containers(target, password).await?;
+        self.health(&target.instance).await
+    }
+
+    /// New CPU and memory limits, in place, without a restart.
+    pub async fn scale(&self, target: &Target) -> Result<(), Error> {
+        for role in Role::ALL {
+            let name = container_name(&target.instance, role.as_str());
+            self.engine
+                .update_limits(
+                    &name,
+                    nano_cpus(target.resources),
+                    i64::try_from(target.resources.memory.bytes()).unwrap_or(i64::MAX),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the containers; the data stays.
+    pub async fn suspend(&self, instance: &str) -> Result<(), Error> {
+        for role in Role::ALL {
+            self.engine
+                .stop(&container_name(instance, role.as_str()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Starts what suspend stopped (recreating anything missing) and waits for health.
+    pub async fn resume(&self, target: &Target, password: &str) -> Result<(), Error> {
+        self.validate(target).await?;
+        self.allocate(&target.instance).await?;
+        self.containers(target, password).await?;
+        self.health(&target.instance).await
+    }
+
+    /// Backs the instance's database up into the region's backups folder.
+    pub async fn backup(&self, instance: &str, label: &str) -> Result<Backup, Error> {
+        self.server
+            .backup(
+                &database_name(instance),
+                &self.backups_folder(instance),
+                label,
+            )
+            .await
+    }
+
+    /// Restores a named backup: the containers stop, the database is replaced, the
+    /// containers start again.
+    pub async fn restore(
+        &self,
+        target: &Target,
+        password: &str,
+        name: &str,
+    ) -> Result<Backup, Error> {
+        self.suspend(&target.instance).await?;
+        let backup = self
+            .server
+            .restore(
+                &database_name(&target.instance),
+                &self.backups_folder(&target.instance),
+                name,
+            )
+            .await?;
+        self.containers(target, password).await?;
+        self.health(&target.instance).await?;
+        Ok(backup)
+    }
+
+    /// Upgrades (or downgrades) from `from` to `to`: backup, maintenance, migrations with
+    /// the new image, new containers, health and smoke test. On any failure after the
+    /// backup, the old image comes back and the backup is restored, and the error says so.
+    pub async fn upgrade(
+        &self,
+        from: &Target,
+        to: &Target,
+        password: &str,
+    ) -> Result<Backup, Error> {
+        self.validate(to).await?;
+        let instance = &to.instance;
+        let database = database_name(instance);
+        let label = format!("{}-before-{}", now_label(), to.version);
+        let backup = self.backup(instance, &label).await?;
+        self.server.set_maintenance(&database, true).await?;
+        let attempt = async {
+            self.migrate(to, password).await?;
+            self.containers(to, password).await?;
+            self.health(instance).await?;
+            self.server.set_maintenance(&database, false).await?;
+            self.smoke(instance).await
+        }
+        .await;
+        match attempt {
+            Ok(()) => Ok(backup),
+            Err(cause) => {
+                tracing::warn!(instance, %cause, "upgrade failed; rolling back");
+                self.suspend(instance).await?;
+                self.server
+                    .restore(&database, &self.backups_folder(instance), &backup.name)
+                    .await?;
+                self.containers(from, password).await?;
+                self.health(instance).await?;
+                self.server.set_maintenance(&database, false).await?;
+                Err(Error::RolledBack {
+                    from: from.version.clone(),
+                    to: to.version.clone(),
+                    backup: backup.name,
+                    cause: Box::new(cause),
+                })
+            }
+        }
+    }
+
+    /// Removes the instance after a final backup: containers, network, volume, database
+    /// and role. Returns the final backup, if the database still existed.
+    pub async fn terminate(&self, instance: &str) -> Result<Option<Backup>, Error> {
+        self.engine.ping().await?;
+        self.server.ping().await?;
+        let database = database_name(instance);
+        let backup = if self.server.database_exists(&database).await? {
+            Some(
+                self.backup(instance, &format!("{}-final", now_label()))
+                    .await?,
+            )
+        } else {
+            None
+        };
+        for role in ["app", "worker", "migrate"] {
+            self.engine
+                .remove_container(&container_name(instance, role))
+                .await?;
+        }
+        self.engine.remove_network(&network_name(instance)).await?;
+        self.engine.remove_volume(&volume_name(instance)).await?;
+        self.server.drop_database(&database).await?;
+        Ok(backup)
+    }
+
+    /// What differs between the real instance and `target`.
+    pub async fn observe(&self, target: &Target) -> Result<Vec<Drift>, Error> {
+        let instance = &target.instance;
+        let mut drift = Vec::new();
+        if !self.engine.network_exists(&network_name(instance)).await? {
+            drift.push(Drift::MissingNetwork);
+        }
+        if !self.engine.volume_exists(&volume_name(instance)).await? {
+            drift.push(Drift::MissingVolume);
+        }
+        if !self
+            .server
+            .database_exists(&database_name(instance))
+            .await?
+        {
+            drift.push(Drift::MissingDatabase);
+        }
+        let cpus = nano_cpus(target.resources);
+        let memory = i64::try_from(target.resources.memory.bytes()).unwrap_or(i64::MAX);
+        let hash = target.config_hash();
+        for role in Role::ALL {
+            let Some(view) = self
+                .engine
+                .container(&container_name(instance, role.as_str()))
+                .await?
+            else {
+                drift.push(Drift::MissingContainer { role });
+                continue;
+            };
+            if !view.running {
+                drift.push(Drift::Stopped { role });
+            }
+            if view.image != target.image {
+                drift.push(Drift::OtherImage {
+                    role,
+                    found: view.image.clone(),
+                });
+            }
+            if view.nano_cpus != cpus || view.memory != memory {
+                drift.push(Drift::OtherLimits {
+                    role,
+                    cpu: view.nano_cpus,
+                    memory: view.memory,
+                });
+            }
+            let found = view
+                .labels
+                .get(labels::CONFIG_HASH)
+                .cloned()
+                .unwrap_or_default();
+            if found != hash {
+                drift.push(Drift::OtherConfiguration { role, found });
+            }
+        }
+        Ok(drift)
+    }
+}
+
+/// Gets the instance's database password from the store, or makes and keeps a new one.
+pub async fn database_password(
+    store: &crate::store::Store,
+    key: &crate::store::secrets::SecretKey,
+    instance: &str,
+) -> Result<String, Error> {
+    const NAME: &str = "database_password";
+    let stored = store.secret(key, instance, NAME).await.map_err(|error| {
+        Error::Invalid(format!("reading the password of `{instance}`: {error}"))
+    })?;
+    if let Some(password) = stored {
+        return Ok(password);
+    }
+    let password = generate_password()?;
+    store
+        .put_secret(key, instance, NAME, &password)
+        .await
+        .map_err(|error| {
+            Error::Invalid(format!("keeping the password of `{instance}`: {error}"))
+        })?;
+    Ok(password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_instance_names_give_distinct_database_names_within_63_bytes() {
+        let long = "a".repeat(63);
+        let other = format!("{}b", "a".repeat(62));
+        assert!(database_name(&long).len() <= 63);
+        assert_ne!(database_name(&long), database_name(&other));
+        assert_eq!(database_name("acme-lagos"), "wf_acme_lagos");
+    }
+
+    #[test]
+    fn the_configuration_hash_covers_the_environment_and_secret_names_only() {
+        let target = Target {
+            instance: "web".into(),
+            version: Version::new(1, 0, 0),
+            image: "i".into(),
+            resources: Resources::default(),
+            environment: BTreeMap::from([("A".into(), "1".into())]),
+            secrets: BTreeMap::from([("KEY".into(), "env:WEB_KEY".into())]),
+        };
+        let mut changed = target.clone();
+        changed.environment.insert("A".into(), "2".into());
+        assert_ne!(target.config_hash(), changed.config_hash());
+        let mut upgraded = target.clone();
+        upgraded.version = Version::new(2, 0, 0);
+        upgraded.image = "j".into();
+        assert_eq!(target.config_hash(), upgraded.config_hash());
+    }
+}

@@ -1,0 +1,540 @@
+//! The driver against the real Docker engine and a real PostgreSQL server: the whole life of
+//! an instance, isolation between instances, drift, and unreachable parts.
+//!
+//! Images of the demo platform are built for a small test catalogue with `wakafleet image
+//! build`. Everything a test makes on the engine carries a label unique to the test and is
+//! swept by it when the test ends, passed or failed; databases and roles go with the
+//! throwaway server.
+
+mod common;
+
+use std::{collections::BTreeMap, path::Path, process::Command, sync::OnceLock};
+
+use semver::Version;
+use sqlx::Connection;
+
+use common::{postgres::Postgres, write};
+use wakafleet::{
+    driver::{self, Drift, Driver, Error, Options, Region, Role, Target, database_name},
+    model::{ByteSize, Cpu, Resources},
+};
+
+const IMAGE: &str = "wakafleet-test-driver/demo-platform";
+const LABEL: &str = "org.wakafleet.test";
+
+/// Fails with how to fix it when the engine is not there.
+fn docker_ok() {
+    let output = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output();
+    match output {
+        Ok(output) if output.status.success() => {}
+        _ => panic!(
+            "the Docker engine is needed for this test: install Docker and start it (`systemctl start docker` or `dockerd &`), then check `docker info`"
+        ),
+    }
+}
+
+/// Builds the test catalogue's images once per test binary: 1.0.0, 1.1.0 (one more
+/// migration) and 1.2.0 (whose health check fails).
+fn images() -> &'static Path {
+    static FLEET: OnceLock<tempfile::TempDir> = OnceLock::new();
+    FLEET
+        .get_or_init(|| {
+            docker_ok();
+            let fleet = tempfile::tempdir().expect("a temporary folder");
+            write(fleet.path(), "fleet.toml", common::FLEET_TOML);
+            for (version, from, migrations) in [
+                ("1.0.0", None, "[\"0001_items_index\"]"),
+                ("1.1.0", Some(">=1.0.0, <1.1.0"), "[\"0002_orders\"]"),
+                ("1.2.0", Some(">=1.1.0, <1.2.0"), "[\"0003_broken\"]"),
+            ] {
+                let upgrade_from = from
+                    .map(|from| format!("upgrade_from = \"{from}\"\n"))
+                    .unwrap_or_default();
+                write(
+                    fleet.path(),
+                    &format!("releases/{version}.toml"),
+                    format!(
+                        "version = \"{version}\"\nstatus = \"stable\"\nreleased = 2026-01-01\nimage = \"{IMAGE}:{version}\"\n{upgrade_from}migrations = {migrations}\n"
+                    ),
+                );
+            }
+            let output = Command::new(env!("CARGO_BIN_EXE_wakafleet"))
+                .args(["image", "build"])
+                .arg(fleet.path())
+                .args(["--binary", env!("CARGO_BIN_EXE_demo-platform"), "--fail-health", "1.2.0"])
+                .output()
+                .expect("run wakafleet image build");
+            assert!(
+                output.status.success(),
+                "image build failed:\n{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            fleet
+        })
+        .path()
+}
+
+/// Removes everything labelled for one test, on drop.
+struct Sweep(String);
+
+impl Sweep {
+    fn new() -> Sweep {
+        Sweep(uuid::Uuid::new_v4().to_string())
+    }
+
+    fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(LABEL.to_string(), self.0.clone())])
+    }
+}
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let filter = format!("label={LABEL}={}", self.0);
+        for (list, remove) in [
+            (vec!["ps", "-aq"], vec!["rm", "-f"]),
+            (vec!["network", "ls", "-q"], vec!["network", "rm"]),
+            (vec!["volume", "ls", "-q"], vec!["volume", "rm", "-f"]),
+        ] {
+            let Ok(output) = Command::new("docker")
+                .args(&list)
+                .args(["--filter", &filter])
+                .output()
+            else {
+                continue;
+            };
+            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(&remove).args(&ids).output();
+            }
+        }
+    }
+}
+
+fn region(postgres: &Postgres, backups: &Path) -> Region {
+    Region {
+        name: "ng-lagos".into(),
+        docker: "unix:///var/run/docker.sock".into(),
+        database: postgres.admin_url("postgres"),
+        backups: backups.to_path_buf(),
+    }
+}
+
+fn target(instance: &str, version: &str) -> Target {
+    Target {
+        instance: instance.into(),
+        version: Version::parse(version).expect("a version"),
+        image: format!("{IMAGE}:{version}"),
+        resources: Resources {
+            cpu: Cpu::from_millicores(500),
+            memory: ByteSize::from_bytes(256 << 20),
+            storage: ByteSize::from_bytes(1 << 30),
+        },
+        environment: BTreeMap::from([("WEBWAKA_SUITES".to_string(), "commerce".to_string())]),
+        secrets: BTreeMap::new(),
+    }
+}
+
+fn options(sweep: &Sweep) -> Options {
+    Options {
+        labels: sweep.labels(),
+        ..Options::default()
+    }
+}
+
+/// The instance's database as the server's superuser.
+async fn instance_db(postgres: &Postgres, instance: &str) -> sqlx::PgConnection {
+    sqlx::PgConnection::connect(&postgres.admin_url(&database_name(instance)))
+        .await
+        .expect("connect to the instance's database")
+}
+
+async fn migrations(postgres: &Postgres, instance: &str) -> Vec<String> {
+    let mut connection = instance_db(postgres, instance).await;
+    sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+        .fetch_all(&mut connection)
+        .await
+        .expect("schema_migrations")
+}
+
+async fn items(postgres: &Postgres, instance: &str) -> Vec<String> {
+    let mut connection = instance_db(postgres, instance).await;
+    sqlx::query_scalar("SELECT name FROM items ORDER BY id")
+        .fetch_all(&mut connection)
+        .await
+        .expect("items")
+}
+
+async fn add_item(postgres: &Postgres, instance: &str, name: &str) {
+    let mut connection = instance_db(postgres, instance).await;
+    sqlx::query("INSERT INTO items (name) VALUES ($1)")
+        .bind(name)
+        .execute(&mut connection)
+        .await
+        .expect("insert an item");
+}
+
+fn inspect(name: &str, format: &str) -> String {
+    let output = Command::new("docker")
+        .args(["inspect", "--format", format, name])
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn exists(kind: &str, name: &str) -> bool {
+    Command::new("docker")
+        .args([kind, "inspect", name])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_life_of_one_instance() {
+    images();
+    let sweep = Sweep::new();
+    let postgres = Postgres::start();
+    let backups = tempfile::tempdir().expect("a temporary folder");
+    let driver =
+        Driver::new(&region(&postgres, backups.path()), options(&sweep)).expect("a driver");
+    let password = driver::generate_password().expect("a password");
+    let v1 = target("life", "1.0.0");
+
+    // Provision, and provision again (idempotent).
+    driver.provision(&v1, &password).await.expect("provisioned");
+    driver
+        .provision(&v1, &password)
+        .await
+        .expect("provisioned again");
+    for role in ["app", "worker"] {
+        let name = format!("wakafleet-life-{role}");
+        assert_eq!(
+            inspect(&name, "{{.State.Health.Status}}"),
+            "healthy",
+            "{name}"
+        );
+        assert_eq!(
+            inspect(&name, "{{.Config.Image}}"),
+            format!("{IMAGE}:1.0.0")
+        );
+        assert_eq!(
+            inspect(&name, "{{index .Config.Labels \"org.wakafleet.release\"}}"),
+            "1.0.0"
+        );
+        assert_eq!(inspect(&name, "{{.HostConfig.NanoCpus}}"), "500000000");
+        assert_eq!(
+            inspect(&name, "{{.HostConfig.Memory}}"),
+            (256_u64 << 20).to_string()
+        );
+    }
+    assert!(exists("network", "wakafleet-life") && exists("volume", "wakafleet-life-data"));
+    assert_eq!(
+        migrations(&postgres, "life").await,
+        vec!["0000_base", "0001_items_index"]
+    );
+    assert!(driver.observe(&v1).await.expect("observed").is_empty());
+    add_item(&postgres, "life", "keep me").await;
+
+    // Configure: a new environment replaces the containers.
+    let mut configured = v1.clone();
+    configured
+        .environment
+        .insert("WEBWAKA_SSL".into(), "off".into());
+    driver
+        .configure(&configured, &password)
+        .await
+        .expect("configured");
+    assert_eq!(
+        inspect(
+            "wakafleet-life-app",
+            "{{index .Config.Labels \"org.wakafleet.config-hash\"}}"
+        ),
+        configured.config_hash()
+    );
+    assert!(inspect("wakafleet-life-app", "{{.Config.Env}}").contains("WEBWAKA_SSL=off"));
+
+    // Upgrade with a migration; the data stays.
+    let mut v1_1 = target("life", "1.1.0");
+    v1_1.environment = configured.environment.clone();
+    let backup = driver
+        .upgrade(&configured, &v1_1, &password)
+        .await
+        .expect("upgraded");
+    assert!(backup.path.is_file() && backup.bytes > 0);
+    assert_eq!(
+        migrations(&postgres, "life").await,
+        vec!["0000_base", "0001_items_index", "0002_orders"]
+    );
+    assert_eq!(
+        inspect("wakafleet-life-app", "{{.Config.Image}}"),
+        format!("{IMAGE}:1.1.0")
+    );
+    assert_eq!(items(&postgres, "life").await, vec!["keep me"]);
+
+    // A failed upgrade rolls back by itself, schema and data as they were.
+    let mut broken = target("life", "1.2.0");
+    broken.environment = configured.environment.clone();
+    let error = driver
+        .upgrade(&v1_1, &broken, &password)
+        .await
+        .expect_err("1.2.0 is unhealthy");
+    assert!(matches!(error, Error::RolledBack { .. }), "{error}");
+    assert!(
+        error.to_string().contains("rolled back to 1.1.0"),
+        "{error}"
+    );
+    assert_eq!(
+        inspect("wakafleet-life-app", "{{.Config.Image}}"),
+        format!("{IMAGE}:1.1.0")
+    );
+    assert_eq!(
+        inspect("wakafleet-life-app", "{{.State.Health.Status}}"),
+        "healthy"
+    );
+    assert_eq!(
+        migrations(&postgres, "life").await,
+        vec!["0000_base", "0001_items_index", "0002_orders"],
+        "the broken release's migration is undone by the restore"
+    );
+    assert_eq!(items(&postgres, "life").await, vec!["keep me"]);
+    driver
+        .smoke("life")
+        .await
+        .expect("maintenance is off again");
+
+    // Suspend keeps the data; resume brings it back.
+    driver.suspend("life").await.expect("suspended");
+    assert_eq!(inspect("wakafleet-life-app", "{{.State.Running}}"), "false");
+    assert_eq!(
+        driver.observe(&v1_1).await.expect("observed"),
+        vec![
+            Drift::Stopped { role: Role::App },
+            Drift::Stopped { role: Role::Worker }
+        ]
+    );
+    driver.resume(&v1_1, &password).await.expect("resumed");
+    assert_eq!(items(&postgres, "life").await, vec!["keep me"]);
+
+    // Backup, lose data, restore it.
+    let saved = driver.backup("life", "manual").await.expect("a backup");
+    let recorded =
+        std::fs::read_to_string(saved.path.with_extension("dump.sha256")).expect("a checksum");
+    assert!(recorded.starts_with(&saved.sha256));
+    add_item(&postgres, "life", "added after the backup").await;
+    driver
+        .restore(&v1_1, &password, &saved.name)
+        .await
+        .expect("restored");
+    assert_eq!(items(&postgres, "life").await, vec!["keep me"]);
+
+    // Scale in place: the same containers, new limits.
+    let id_before = inspect("wakafleet-life-app", "{{.Id}}");
+    let mut bigger = v1_1.clone();
+    bigger.resources.cpu = Cpu::from_millicores(1_000);
+    bigger.resources.memory = ByteSize::from_bytes(512 << 20);
+    driver.scale(&bigger).await.expect("scaled");
+    assert_eq!(inspect("wakafleet-life-app", "{{.Id}}"), id_before);
+    assert_eq!(
+        inspect("wakafleet-life-app", "{{.HostConfig.NanoCpus}}"),
+        "1000000000"
+    );
+    assert_eq!(
+        inspect("wakafleet-life-worker", "{{.HostConfig.Memory}}"),
+        (512_u64 << 20).to_string()
+    );
+
+    // Terminate: a final backup, then nothing left.
+    let last = driver
+        .terminate("life")
+        .await
+        .expect("terminated")
+        .expect("a final backup");
+    assert!(last.path.is_file() && last.name.contains("final"));
+    for role in ["app", "worker"] {
+        assert!(!exists("container", &format!("wakafleet-life-{role}")));
+    }
+    assert!(!exists("network", "wakafleet-life") && !exists("volume", "wakafleet-life-data"));
+    let mut admin = sqlx::PgConnection::connect(&postgres.admin_url("postgres"))
+        .await
+        .expect("connect");
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM pg_database WHERE datname = $1) + (SELECT count(*) FROM pg_roles WHERE rolname = $1)",
+    )
+    .bind(database_name("life"))
+    .fetch_one(&mut admin)
+    .await
+    .expect("a count");
+    assert_eq!(left, 0, "the database and the role are gone");
+    assert!(
+        driver
+            .terminate("life")
+            .await
+            .expect("terminated again")
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_cannot_reach_another_instances_database() {
+    images();
+    let sweep = Sweep::new();
+    let postgres = Postgres::start();
+    let backups = tempfile::tempdir().expect("a temporary folder");
+    let driver =
+        Driver::new(&region(&postgres, backups.path()), options(&sweep)).expect("a driver");
+    let (password_a, password_b) = (
+        driver::generate_password().expect("a password"),
+        driver::generate_password().expect("a password"),
+    );
+    driver.allocate("alpha").await.expect("allocated");
+    driver
+        .database("alpha", &password_a)
+        .await
+        .expect("a database");
+    driver
+        .database("beta", &password_b)
+        .await
+        .expect("a database");
+    let url = |user: &str, password: &str, database: &str| {
+        postgres.url(&database_name(user), password, &database_name(database))
+    };
+    let mut own = sqlx::PgConnection::connect(&url("alpha", &password_a, "alpha"))
+        .await
+        .expect("alpha reaches its own database");
+    sqlx::query("CREATE TABLE secret (x int)")
+        .execute(&mut own)
+        .await
+        .expect("alpha owns its database");
+    let error = sqlx::PgConnection::connect(&url("alpha", &password_a, "beta"))
+        .await
+        .expect_err("alpha must not reach beta's database")
+        .to_string();
+    assert!(error.contains("permission denied"), "{error}");
+    let error = sqlx::PgConnection::connect(&url("beta", &password_a, "beta"))
+        .await
+        .expect_err("alpha's password is not beta's")
+        .to_string();
+    assert!(error.contains("password authentication failed"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_made_by_hand_is_observed_and_repaired() {
+    images();
+    let sweep = Sweep::new();
+    let postgres = Postgres::start();
+    let backups = tempfile::tempdir().expect("a temporary folder");
+    let driver =
+        Driver::new(&region(&postgres, backups.path()), options(&sweep)).expect("a driver");
+    let password = driver::generate_password().expect("a password");
+    let target = target("drift", "1.0.0");
+    driver
+        .provision(&target, &password)
+        .await
+        .expect("provisioned");
+
+    let docker = |args: &[&str]| {
+        assert!(
+            Command::new("docker")
+                .args(args)
+                .output()
+                .expect("docker")
+                .status
+                .success(),
+            "{args:?}"
+        );
+    };
+    docker(&["stop", "wakafleet-drift-app"]);
+    docker(&["rm", "-f", "wakafleet-drift-worker"]);
+    let mut other = target.clone();
+    other.image = format!("{IMAGE}:1.1.0");
+    let drift = driver.observe(&target).await.expect("observed");
+    assert_eq!(
+        drift,
+        vec![
+            Drift::Stopped { role: Role::App },
+            Drift::MissingContainer { role: Role::Worker }
+        ]
+    );
+    let mut no_database = target.clone();
+    no_database.instance = "never-made".into();
+    assert!(
+        driver
+            .observe(&no_database)
+            .await
+            .expect("observed")
+            .contains(&Drift::MissingDatabase)
+    );
+
+    // Provisioning again repairs what was changed by hand.
+    driver
+        .provision(&target, &password)
+        .await
+        .expect("repaired");
+    assert!(driver.observe(&target).await.expect("observed").is_empty());
+    assert!(
+        driver
+            .observe(&other)
+            .await
+            .expect("observed")
+            .contains(&Drift::OtherImage {
+                role: Role::App,
+                found: target.image.clone()
+            })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_parts_are_named_and_nothing_is_left_half_made() {
+    images();
+    let sweep = Sweep::new();
+    let postgres = Postgres::start();
+    let backups = tempfile::tempdir().expect("a temporary folder");
+    let password = driver::generate_password().expect("a password");
+
+    // No Docker engine at the endpoint: nothing is made on the server.
+    let mut no_engine = region(&postgres, backups.path());
+    no_engine.docker = "tcp://127.0.0.1:9".into();
+    let driver = Driver::new(&no_engine, options(&sweep)).expect("a driver");
+    let error = driver
+        .provision(&target("faulty", "1.0.0"), &password)
+        .await
+        .expect_err("no engine")
+        .to_string();
+    assert!(
+        error.contains("ng-lagos") && error.contains("127.0.0.1:9"),
+        "{error}"
+    );
+    let mut admin = sqlx::PgConnection::connect(&postgres.admin_url("postgres"))
+        .await
+        .expect("connect");
+    let databases: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(database_name("faulty"))
+        .fetch_one(&mut admin)
+        .await
+        .expect("a count");
+    assert_eq!(databases, 0);
+
+    // No PostgreSQL server at the endpoint: nothing is made on the engine.
+    let mut no_server = region(&postgres, backups.path());
+    no_server.database = format!(
+        "postgres://postgres:{}@127.0.0.1:9/postgres",
+        common::postgres::PASSWORD
+    );
+    let driver = Driver::new(&no_server, options(&sweep)).expect("a driver");
+    let error = driver
+        .provision(&target("faulty", "1.0.0"), &password)
+        .await
+        .expect_err("no server")
+        .to_string();
+    assert!(
+        error.contains("ng-lagos") && error.contains("127.0.0.1:9"),
+        "{error}"
+    );
+    assert!(!error.contains(common::postgres::PASSWORD), "{error}");
+    assert!(!exists("network", "wakafleet-faulty") && !exists("volume", "wakafleet-faulty-data"));
+}

@@ -257,8 +257,14 @@ async fn demo_platform_runs_migrates_and_reports_health_in_docker() {
     eprintln!("1.0.0 healthy at {:?}", started.elapsed());
 
     // 1.1.0 fails its health check: first because its migration is missing, then because it
-    // was built to.
-    let failing = containers.start(&image("1.1.0"), "serve").await;
+    // was built to. Its redis is a port nothing listens on.
+    let failing = containers
+        .start_with(
+            &image("1.1.0"),
+            "serve",
+            &["REDIS_URL=redis://:secret@host.docker.internal:1/0"],
+        )
+        .await;
     let failing_ip = containers.ip(&failing).await;
     let (code, body) = eventually("1.1.0 answers", || async {
         http(&failing_ip, "GET", "/health/database", None).await
@@ -281,6 +287,15 @@ async fn demo_platform_runs_migrates_and_reports_health_in_docker() {
     assert_eq!(code, 503);
     assert_eq!(health["status"], "unhealthy");
     assert_eq!(health["checks"]["database"], "pass");
+    assert_eq!(health["checks"]["redis"], "fail");
+    let (code, redis) = get(&failing_ip, "/health/redis").await;
+    assert_eq!(code, 503);
+    assert_eq!(redis["status"], "fail");
+    let error = redis["error"].as_str().expect("an error");
+    assert!(
+        error.contains("host.docker.internal:1") && !error.contains("secret"),
+        "{error}"
+    );
     let (_, status) = get(&failing_ip, "/health/status").await;
     assert_eq!(status["version"], "1.1.0");
     assert_eq!(
@@ -478,13 +493,23 @@ struct Containers<'a> {
 impl Containers<'_> {
     /// Creates and starts a container of `image` running `command`; returns its id.
     async fn start(&self, image: &str, command: &str) -> String {
+        self.start_with(image, command, &[]).await
+    }
+
+    /// Like `start`, with more environment (`NAME=value`).
+    async fn start_with(&self, image: &str, command: &str, env: &[&str]) -> String {
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
             cmd: Some(vec![command.to_string()]),
-            env: Some(vec![
-                format!("DATABASE_URL={}", self.database_url),
-                "WAKAFLEET_INSTANCE=demo-instance".to_string(),
-            ]),
+            env: Some(
+                [
+                    format!("DATABASE_URL={}", self.database_url),
+                    "WAKAFLEET_INSTANCE=demo-instance".to_string(),
+                ]
+                .into_iter()
+                .chain(env.iter().map(|entry| entry.to_string()))
+                .collect(),
+            ),
             labels: Some(HashMap::from([(
                 TEST_LABEL.to_string(),
                 self.run.to_string(),

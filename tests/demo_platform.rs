@@ -40,20 +40,67 @@ async fn demo_platform_runs_migrates_and_reports_health_in_docker() {
     let docker = connect().await;
     sweep_leftovers(&docker).await;
     let run = format!("{RUN_PREFIX}{}-{}", std::process::id(), unique());
-    let image = |version: &str| format!("{IMAGE_PREFIX}{}:{version}", &run[RUN_PREFIX.len()..]);
+    let images = Images(run[RUN_PREFIX.len()..].to_string());
     let _sweep = Sweep {
         docker: docker.clone(),
         run: run.clone(),
-        images: vec![image("1.0.0"), image("1.1.0")],
+        images: vec![images.of("1.0.0"), images.of("1.1.0")],
     };
+    build_images(&images);
+    eprintln!("images built in {:?}", started.elapsed());
 
-    // Images: two releases, the second built to fail its health check.
+    let postgres = Postgres::start();
+    let database = postgres.create_database("demo").await;
+    let pool = sqlx::PgPool::connect(&postgres.admin_url(&database))
+        .await
+        .expect("connect to the test database");
+    let containers = Containers {
+        docker: &docker,
+        run: &run,
+        database_url: format!(
+            "postgres://postgres:{PASSWORD}@host.docker.internal:{}/{database}",
+            postgres.port
+        ),
+    };
+    migrate(&containers, &images, &pool).await;
+    eprintln!("migrated at {:?}", started.elapsed());
+    let (app, worker) = serve(&containers, &images).await;
+    smoke_test(&app.ip, &pool).await;
+    containers
+        .wait_for_health(&app.id, HealthStatusEnum::HEALTHY)
+        .await;
+    eprintln!("1.0.0 healthy at {:?}", started.elapsed());
+    fail_health(&containers, &images, &app.ip).await;
+    eprintln!("1.1.0 unhealthy at {:?}", started.elapsed());
+    degrade(&docker, &worker.id, &app.ip, &pool).await;
+    pool.close().await;
+    eprintln!("done in {:?}", started.elapsed());
+}
+
+/// The test's image names: they name the run, so two runs never share an image.
+struct Images(String);
+
+impl Images {
+    fn of(&self, version: &str) -> String {
+        format!("{IMAGE_PREFIX}{}:{version}", self.0)
+    }
+}
+
+/// A container of the run and its address on the default bridge network.
+struct Started {
+    id: String,
+    ip: String,
+}
+
+/// `image build` of two releases, the second built to fail its health check: built, then up
+/// to date; a missing binary says how to build it.
+fn build_images(images: &Images) {
     let fleet = common::minimal_fleet();
     let release = |version: &str, date: &str, migrations: &str| {
         format!(
             "version = \"{version}\"\nstatus = \"stable\"\nreleased = {date}\n\
              image = \"{}\"\nmigrations = [{migrations}]\n",
-            image(version)
+            images.of(version)
         )
     };
     common::write(
@@ -80,8 +127,8 @@ async fn demo_platform_runs_migrates_and_reports_health_in_docker() {
         stdout(&output),
         format!(
             "1.0.0 {}: built\n1.1.0 {}: built (fails its health check)\n",
-            image("1.0.0"),
-            image("1.1.0")
+            images.of("1.0.0"),
+            images.of("1.1.0")
         )
     );
     let output = build(binary);
@@ -99,41 +146,34 @@ async fn demo_platform_runs_migrates_and_reports_health_in_docker() {
         "{}",
         String::from_utf8_lossy(&missing.stderr)
     );
-    eprintln!("images built in {:?}", started.elapsed());
+}
 
-    let postgres = Postgres::start();
-    let database = postgres.create_database("demo").await;
-    let pool = sqlx::PgPool::connect(&postgres.admin_url(&database))
-        .await
-        .expect("connect to the test database");
-    let containers = Containers {
-        docker: &docker,
-        run: &run,
-        database_url: format!(
-            "postgres://postgres:{PASSWORD}@host.docker.internal:{}/{database}",
-            postgres.port
-        ),
-    };
-
-    // Migrations: applied once, recorded, and a rerun changes nothing.
-    assert_eq!(containers.run_to_end(&image("1.0.0"), "migrate").await, 0);
+/// Migrations are applied once and recorded, and a rerun changes nothing.
+async fn migrate(containers: &Containers<'_>, images: &Images, pool: &sqlx::PgPool) {
+    assert_eq!(
+        containers.run_to_end(&images.of("1.0.0"), "migrate").await,
+        0
+    );
     let recorded = || async {
         sqlx::query_as::<_, (String, String)>(
             "SELECT version, applied_at::text FROM schema_migrations ORDER BY applied_at, version",
         )
-        .fetch_all(&pool)
+        .fetch_all(pool)
         .await
         .expect("read schema_migrations")
     };
     let first = recorded().await;
     let versions: Vec<&str> = first.iter().map(|(version, _)| version.as_str()).collect();
     assert_eq!(versions, ["0000_base", "0001_orders", "0002_customers"]);
-    assert_eq!(containers.run_to_end(&image("1.0.0"), "migrate").await, 0);
+    assert_eq!(
+        containers.run_to_end(&images.of("1.0.0"), "migrate").await,
+        0
+    );
     assert_eq!(recorded().await, first);
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     .expect("list tables");
     assert_eq!(
@@ -147,14 +187,15 @@ async fn demo_platform_runs_migrates_and_reports_health_in_docker() {
             "worker_heartbeat"
         ]
     );
-    eprintln!("migrated at {:?}", started.elapsed());
+}
 
-    // The app and its worker.
-    let app = containers.start(&image("1.0.0"), "serve").await;
-    let worker = containers.start(&image("1.0.0"), "worker").await;
-    let app_ip = containers.ip(&app).await;
+/// Starts the app and its worker of 1.0.0 and checks the health endpoints once the worker
+/// beats.
+async fn serve(containers: &Containers<'_>, images: &Images) -> (Started, Started) {
+    let app = containers.start(&images.of("1.0.0"), "serve").await;
+    let worker = containers.start(&images.of("1.0.0"), "worker").await;
     let (code, health) = eventually("the app reports healthy", || async {
-        let (code, body) = http(&app_ip, "GET", "/health", None).await?;
+        let (code, body) = http(&app.ip, "GET", "/health", None).await?;
         (body["status"] == "healthy").then_some((code, body))
     })
     .await;
@@ -165,28 +206,30 @@ async fn demo_platform_runs_migrates_and_reports_health_in_docker() {
     );
     let timestamp = health["timestamp"].as_str().expect("a timestamp");
     chrono::DateTime::parse_from_rfc3339(timestamp).expect("an RFC 3339 timestamp");
-    let worker_ip = containers.ip(&worker).await;
-    let (code, _) = get(&worker_ip, "/health").await;
-    assert_eq!(code, 200, "the worker serves /health");
     assert_eq!(
-        get(&worker_ip, "/items").await.0,
+        get(&worker.ip, "/health").await.0,
+        200,
+        "the worker serves /health"
+    );
+    assert_eq!(
+        get(&worker.ip, "/items").await.0,
         404,
         "the worker serves no items"
     );
 
     assert_eq!(
-        get(&app_ip, "/health/database").await,
+        get(&app.ip, "/health/database").await,
         (200, json!({"status": "pass"}))
     );
     assert_eq!(
-        get(&app_ip, "/health/redis").await,
+        get(&app.ip, "/health/redis").await,
         (200, json!({"status": "skip"}))
     );
     assert_eq!(
-        get(&app_ip, "/version").await,
+        get(&app.ip, "/version").await,
         (200, json!({"version": "1.0.0"}))
     );
-    let (code, status) = get(&app_ip, "/health/status").await;
+    let (code, status) = get(&app.ip, "/health/status").await;
     assert_eq!(code, 200);
     assert_eq!(status["status"], "healthy");
     assert_eq!(status["version"], "1.0.0");
@@ -196,99 +239,90 @@ async fn demo_platform_runs_migrates_and_reports_health_in_docker() {
         json!(["0000_base", "0001_orders", "0002_customers"])
     );
     assert_eq!(status["checks"]["workers"], "pass");
+    (app, worker)
+}
 
-    // Smoke tests: CRUD, then maintenance mode.
-    let (code, created) = http_ok(&app_ip, "POST", "/items", Some(json!({"name": "jollof"}))).await;
+/// CRUD on items, then maintenance mode.
+async fn smoke_test(ip: &str, pool: &sqlx::PgPool) {
+    let (code, created) = http_ok(ip, "POST", "/items", Some(json!({"name": "jollof"}))).await;
     assert_eq!(code, 201);
     assert_eq!(created["name"], "jollof");
     let id = created["id"].as_i64().expect("an id");
     let path = format!("/items/{id}");
     assert_eq!(
-        get(&app_ip, "/items").await,
+        get(ip, "/items").await,
         (200, json!([{"id": id, "name": "jollof"}]))
     );
     assert_eq!(
-        get(&app_ip, &path).await,
+        get(ip, &path).await,
         (200, json!({"id": id, "name": "jollof"}))
     );
     assert_eq!(
-        http_ok(&app_ip, "PUT", &path, Some(json!({"name": "suya"}))).await,
+        http_ok(ip, "PUT", &path, Some(json!({"name": "suya"}))).await,
         (200, json!({"id": id, "name": "suya"}))
     );
-    assert_eq!(http_ok(&app_ip, "DELETE", &path, None).await.0, 204);
-    assert_eq!(get(&app_ip, &path).await.0, 404);
-    assert_eq!(http_ok(&app_ip, "DELETE", &path, None).await.0, 404);
-    let maintenance = |value: &'static str| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query(
-                "INSERT INTO platform_settings (key, value) VALUES ('maintenance', $1) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )
-            .bind(value)
-            .execute(&pool)
-            .await
-            .expect("set maintenance mode");
-        }
+    assert_eq!(http_ok(ip, "DELETE", &path, None).await.0, 204);
+    assert_eq!(get(ip, &path).await.0, 404);
+    assert_eq!(http_ok(ip, "DELETE", &path, None).await.0, 404);
+
+    let maintenance = |value: &'static str| async move {
+        sqlx::query(
+            "INSERT INTO platform_settings (key, value) VALUES ('maintenance', $1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(value)
+        .execute(pool)
+        .await
+        .expect("set maintenance mode");
     };
     maintenance("on").await;
     assert_eq!(
-        get(&app_ip, "/items").await,
+        get(ip, "/items").await,
         (503, json!({"error": "maintenance"}))
     );
+    let new = Some(json!({"name": "x"}));
+    assert_eq!(http_ok(ip, "POST", "/items", new).await.0, 503);
     assert_eq!(
-        http_ok(&app_ip, "POST", "/items", Some(json!({"name": "x"})))
-            .await
-            .0,
-        503
-    );
-    assert_eq!(
-        get(&app_ip, "/health").await.0,
+        get(ip, "/health").await.0,
         200,
         "health ignores maintenance"
     );
     maintenance("off").await;
-    assert_eq!(get(&app_ip, "/items").await, (200, json!([])));
+    assert_eq!(get(ip, "/items").await, (200, json!([])));
+}
 
-    // Docker's view through the image's HEALTHCHECK.
-    containers
-        .wait_for_health(&app, HealthStatusEnum::HEALTHY)
-        .await;
-    eprintln!("1.0.0 healthy at {:?}", started.elapsed());
-
-    // 1.1.0 fails its health check: first because its migration is missing, then because it
-    // was built to. Its redis is a port nothing listens on.
+/// 1.1.0 fails its health check: first because its migration is missing, then because it
+/// was built to. Its redis is a port nothing listens on. 1.0.0 (at `app_ip`) stays healthy on
+/// the database migrated further.
+async fn fail_health(containers: &Containers<'_>, images: &Images, app_ip: &str) {
+    let redis = "REDIS_URL=redis://:secret@host.docker.internal:1/0";
     let failing = containers
-        .start_with(
-            &image("1.1.0"),
-            "serve",
-            &["REDIS_URL=redis://:secret@host.docker.internal:1/0"],
-        )
+        .start_with(&images.of("1.1.0"), "serve", &[redis])
         .await;
-    let failing_ip = containers.ip(&failing).await;
+    let ip = &failing.ip;
     let (code, body) = eventually("1.1.0 answers", || async {
-        http(&failing_ip, "GET", "/health/database", None).await
+        http(ip, "GET", "/health/database", None).await
     })
     .await;
     assert_eq!(code, 503);
     assert_eq!(body["status"], "fail");
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|error| error.contains("0003_payments")),
-        "{body}"
-    );
-    assert_eq!(containers.run_to_end(&image("1.1.0"), "migrate").await, 0);
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("0003_payments"), "{body}");
+
     assert_eq!(
-        get(&failing_ip, "/health/database").await,
+        containers.run_to_end(&images.of("1.1.0"), "migrate").await,
+        0
+    );
+    assert_eq!(
+        get(ip, "/health/database").await,
         (200, json!({"status": "pass"}))
     );
-    let (code, health) = get(&failing_ip, "/health").await;
+    let (code, health) = get(ip, "/health").await;
     assert_eq!(code, 503);
     assert_eq!(health["status"], "unhealthy");
     assert_eq!(health["checks"]["database"], "pass");
     assert_eq!(health["checks"]["redis"], "fail");
-    let (code, redis) = get(&failing_ip, "/health/redis").await;
+    let (code, redis) = get(ip, "/health/redis").await;
     assert_eq!(code, 503);
     assert_eq!(redis["status"], "fail");
     let error = redis["error"].as_str().expect("an error");
@@ -296,34 +330,27 @@ async fn demo_platform_runs_migrates_and_reports_health_in_docker() {
         error.contains("host.docker.internal:1") && !error.contains("secret"),
         "{error}"
     );
-    let (_, status) = get(&failing_ip, "/health/status").await;
+    let (_, status) = get(ip, "/health/status").await;
     assert_eq!(status["version"], "1.1.0");
-    assert_eq!(
-        status["migrations"],
-        json!([
-            "0000_base",
-            "0001_orders",
-            "0002_customers",
-            "0003_payments"
-        ])
-    );
-    assert_eq!(
-        get(&app_ip, "/health").await.0,
-        200,
-        "1.0.0 stays healthy on a database migrated further"
-    );
+    let migrations = [
+        "0000_base",
+        "0001_orders",
+        "0002_customers",
+        "0003_payments",
+    ];
+    assert_eq!(status["migrations"], json!(migrations));
+    assert_eq!(get(app_ip, "/health").await.0, 200);
     containers
-        .wait_for_health(&failing, HealthStatusEnum::UNHEALTHY)
+        .wait_for_health(&failing.id, HealthStatusEnum::UNHEALTHY)
         .await;
-    eprintln!("1.1.0 unhealthy at {:?}", started.elapsed());
+}
 
-    // Without a recent heartbeat the app is degraded. The worker stops at once on SIGTERM.
+/// Without a recent heartbeat the app is degraded. The worker stops at once on SIGTERM.
+async fn degrade(docker: &Docker, worker: &str, app_ip: &str, pool: &sqlx::PgPool) {
     let stopping = Instant::now();
+    let options = StopContainerOptionsBuilder::new().t(20).build();
     docker
-        .stop_container(
-            &worker,
-            Some(StopContainerOptionsBuilder::new().t(20).build()),
-        )
+        .stop_container(worker, Some(options))
         .await
         .expect("stop the worker");
     assert!(
@@ -331,16 +358,13 @@ async fn demo_platform_runs_migrates_and_reports_health_in_docker() {
         "the worker ignored SIGTERM"
     );
     sqlx::query("UPDATE worker_heartbeat SET at = now() - interval '1 minute'")
-        .execute(&pool)
+        .execute(pool)
         .await
         .expect("age the heartbeat");
-    let (code, health) = get(&app_ip, "/health").await;
+    let (code, health) = get(app_ip, "/health").await;
     assert_eq!(code, 503);
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["checks"]["workers"], "fail");
-
-    pool.close().await;
-    eprintln!("done in {:?}", started.elapsed());
 }
 
 /// Removes this run's containers, networks, volumes and images when dropped, also when the
@@ -400,7 +424,7 @@ async fn sweep_leftovers(docker: &Docker) {
 /// Removes the containers, networks and volumes labelled with a run `doomed` accepts.
 async fn sweep(docker: &Docker, doomed: impl Fn(&str) -> bool) {
     let filters = HashMap::from([("label", vec![TEST_LABEL.to_string()])]);
-    let run_of = |labels: Option<&HashMap<String, String>>| {
+    let is_doomed = |labels: Option<&HashMap<String, String>>| {
         labels
             .and_then(|labels| labels.get(TEST_LABEL))
             .filter(|run| run.starts_with(RUN_PREFIX) && doomed(run))
@@ -415,7 +439,7 @@ async fn sweep(docker: &Docker, doomed: impl Fn(&str) -> bool) {
         .await
         .unwrap_or_default()
     {
-        if let (Some(id), true) = (&container.id, run_of(container.labels.as_ref())) {
+        if let (Some(id), true) = (&container.id, is_doomed(container.labels.as_ref())) {
             let options = RemoveContainerOptionsBuilder::new()
                 .force(true)
                 .v(true)
@@ -429,7 +453,7 @@ async fn sweep(docker: &Docker, doomed: impl Fn(&str) -> bool) {
         .await
         .unwrap_or_default()
     {
-        if let (Some(id), true) = (&network.id, run_of(network.labels.as_ref())) {
+        if let (Some(id), true) = (&network.id, is_doomed(network.labels.as_ref())) {
             let _ = docker.remove_network(id).await;
         }
     }
@@ -439,7 +463,7 @@ async fn sweep(docker: &Docker, doomed: impl Fn(&str) -> bool) {
         .iter()
         .flat_map(|list| list.volumes.iter().flatten())
     {
-        if run_of(Some(&volume.labels)) {
+        if is_doomed(Some(&volume.labels)) {
             let _ = docker
                 .remove_volume(
                     &volume.name,
@@ -491,13 +515,20 @@ struct Containers<'a> {
 }
 
 impl Containers<'_> {
-    /// Creates and starts a container of `image` running `command`; returns its id.
-    async fn start(&self, image: &str, command: &str) -> String {
+    /// Creates and starts a container of `image` running `command`.
+    async fn start(&self, image: &str, command: &str) -> Started {
         self.start_with(image, command, &[]).await
     }
 
     /// Like `start`, with more environment (`NAME=value`).
-    async fn start_with(&self, image: &str, command: &str, env: &[&str]) -> String {
+    async fn start_with(&self, image: &str, command: &str, env: &[&str]) -> Started {
+        let id = self.launch(image, command, env).await;
+        let ip = self.ip(&id).await;
+        Started { id, ip }
+    }
+
+    /// Creates and starts a container; returns its id.
+    async fn launch(&self, image: &str, command: &str, env: &[&str]) -> String {
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
             cmd: Some(vec![command.to_string()]),
@@ -536,7 +567,7 @@ impl Containers<'_> {
 
     /// Runs `command` in a new container of `image` until it exits; returns its exit code.
     async fn run_to_end(&self, image: &str, command: &str) -> i64 {
-        let id = self.start(image, command).await;
+        let id = self.launch(image, command, &[]).await;
         let code = eventually(&format!("`{command}` exits"), || async {
             let inspect = self.docker.inspect_container(&id, None).await.ok()?;
             let state = inspect.state?;

@@ -12,7 +12,8 @@
 //! `--appends N` (3000), `--batches B` (100), `--records N` (1,000,000), `--rounds R` (5),
 //! `--warmups W` (1), `--strict` (exit 1 when a goal is not met). `--once open URL` and
 //! `--once verify URL PAGE [N]` are the child modes used to measure peak memory; with N the
-//! verify is repeated N times, which is handy under `perf record`.
+//! verify is repeated N times, which is handy under `perf record`. `--once fill URL RECORDS`
+//! appends that many records to the store at URL, to prepare one for profiling.
 
 #[path = "../common/measure.rs"]
 mod measure;
@@ -34,7 +35,7 @@ use serde_json::json;
 use sqlx::{
     AnyPool, PgPool,
     any::{AnyPoolOptions, AnyQueryResult},
-    postgres::PgPoolOptions,
+    postgres::{PgPoolCopyExt, PgPoolOptions},
 };
 use tokio::{runtime::Runtime, task::JoinSet};
 use wakafleet::store::{
@@ -371,7 +372,7 @@ fn rate_row(label: &str, rates: &[f64]) -> f64 {
     median
 }
 
-/// 1. One appender: `append_one` against single-row INSERTs, one after the other.
+/// Comparison 1, one appender: `append_one` against single-row INSERTs, one after the other.
 fn one_appender<'a>(mut bench: Bench<'a>, goals: &mut Vec<(String, bool)>) -> Bench<'a> {
     let appends = bench.options.appends;
     let comparison = bench.alternate(
@@ -410,8 +411,9 @@ fn one_appender<'a>(mut bench: Bench<'a>, goals: &mut Vec<(String, bool)>) -> Be
     bench
 }
 
-/// 2. Eight appenders: eight tasks sharing one store against eight tasks sharing the plain
-/// pool, `appends` in total.
+/// Comparison 2, eight appenders: eight tasks sharing one store against eight tasks
+/// sharing the plain pool, `appends` in total. Also prints how many records the store's
+/// group commit put in each statement.
 fn eight_appenders<'a>(mut bench: Bench<'a>, goals: &mut Vec<(String, bool)>) -> Bench<'a> {
     let appends = bench.options.appends;
     let first = bench.head();
@@ -489,7 +491,8 @@ fn eight_appenders<'a>(mut bench: Bench<'a>, goals: &mut Vec<(String, bool)>) ->
     bench
 }
 
-/// 3. Batches of 100 records, one plan's actions: `append` against one multi-row INSERT.
+/// Comparison 3, batches of 100 records, one plan's actions: `append` against one
+/// multi-row INSERT.
 fn batches<'a>(mut bench: Bench<'a>, goals: &mut Vec<(String, bool)>) -> Bench<'a> {
     let batches = bench.options.batches;
     let comparison = bench.alternate(
@@ -575,7 +578,7 @@ fn check_append_database(bench: &Bench, admin: &PgPool) {
     });
 }
 
-/// 4. Verify: a log of `options.records` records verified at each page size, its
+/// Part 4, verify: a log of `options.records` records verified at each page size, its
 /// breakdown, and the peak memory of a process that verifies it once.
 fn verify(
     runtime: &Runtime,
@@ -594,18 +597,7 @@ fn verify(
             .expect("a native connection to the verify database")
     });
 
-    // Fill it as fast as the store appends: batches of 1,000, one statement each.
-    let (fill, ()) = measure::timed(|| {
-        runtime.block_on(async {
-            let mut made = 0;
-            while made < records {
-                let count = FILL_BATCH.min(records - made);
-                let batch: Vec<Record> = (made..made + count).map(|n| record(n as u64)).collect();
-                store.append(batch).await.expect("filling the audit log");
-                made += count;
-            }
-        })
-    });
+    let (fill, ()) = measure::timed(|| runtime.block_on(fill_log(&store, records)));
     // What autovacuum would do to a log this size in production, done now so that it does
     // not run during the measurement; and the hint bits are set.
     runtime.block_on(async {
@@ -672,16 +664,31 @@ fn verify(
     peak_memory(url);
 }
 
+/// Appends `records` records as fast as the store appends: batches of 1,000, one statement
+/// each.
+async fn fill_log(store: &Store, records: usize) {
+    let mut made = 0;
+    while made < records {
+        let count = FILL_BATCH.min(records - made);
+        let batch: Vec<Record> = (made..made + count).map(|n| record(n as u64)).collect();
+        store.append(batch).await.expect("filling the audit log");
+        made += count;
+    }
+}
+
 /// Where a verify's time goes, for information: the same walk as `audit_verify` with the
 /// fetch of each page (`Store::audit_rows`) and the check of its rows (`Verifier::check`,
-/// mostly SHA-256) timed apart; and, as a floor for the fetch, the same pages read through a
-/// native `PgPool` into tuples of owned values.
+/// mostly SHA-256) timed apart; as a floor for the fetch, the same pages read through a
+/// native `PgPool` into tuples of owned values; and as the server's floor, the whole log
+/// sent by `COPY` and discarded.
 fn breakdown(runtime: &Runtime, store: &Store, native: &PgPool, records: usize) {
     let page = BREAKDOWN_PAGE;
     let rounds = 3;
     let mut fetch_times = Vec::new();
     let mut check_times = Vec::new();
     let mut native_times = Vec::new();
+    let mut copy_times = Vec::new();
+    let mut copy_bytes = 0;
     for _ in 0..rounds {
         let (fetch, check) = runtime.block_on(async {
             let mut verifier = Verifier::new(&[]);
@@ -710,6 +717,9 @@ fn breakdown(runtime: &Runtime, store: &Store, native: &PgPool, records: usize) 
         let (time, count) = measure::timed(|| runtime.block_on(native_walk(native, page)));
         assert_eq!(count, records);
         native_times.push(time);
+        let (time, bytes) = measure::timed(|| runtime.block_on(copy_out(native)));
+        copy_times.push(time);
+        copy_bytes = bytes;
     }
     println!(
         "where the verify's time goes, page {page}, {rounds} rounds, ms for all {records} \
@@ -728,6 +738,27 @@ fn breakdown(runtime: &Runtime, store: &Store, native: &PgPool, records: usize) 
         "floor of the fetch: native PgPool into tuples",
         &mut native_times,
     );
+    measure::row(
+        &format!(
+            "floor of the server: COPY TO STDOUT, binary, {} MiB",
+            copy_bytes >> 20
+        ),
+        &mut copy_times,
+    );
+}
+
+/// The server's part alone: the whole log, in `seq` order, sent with `COPY ... TO STDOUT`
+/// in PostgreSQL's binary format and discarded as it arrives; returns the bytes received.
+async fn copy_out(native: &PgPool) -> usize {
+    use futures_util::TryStreamExt;
+    let sql =
+        format!("COPY (SELECT {COLUMNS} FROM audit_log ORDER BY seq) TO STDOUT (FORMAT binary)");
+    let mut stream = native.copy_out_raw(&sql).await.expect("COPY TO STDOUT");
+    let mut bytes = 0;
+    while let Some(chunk) = stream.try_next().await.expect("a chunk of COPY") {
+        bytes += chunk.len();
+    }
+    bytes
 }
 
 /// All the rows of the audit log, `page` at a time, as `audit_rows` reads them but through
@@ -811,20 +842,30 @@ fn peak_memory(url: &str) {
     }
 }
 
-/// Child mode: `open URL` or `verify URL PAGE [N]`, then the peak resident set size.
+/// Child mode: `open URL` or `verify URL PAGE [N]`, then the peak resident set size; or,
+/// to prepare a store for profiling the verify, `fill URL RECORDS`.
 fn once(args: &[String]) {
-    let what = args.first().expect("--once open|verify URL [PAGE [N]]");
-    let url = args.get(1).expect("--once open|verify URL [PAGE [N]]");
+    const USAGE: &str = "--once open URL | verify URL PAGE [N] | fill URL RECORDS";
+    let what = args.first().expect(USAGE);
+    let url = args.get(1).expect(USAGE);
     let runtime = runtime();
     let store = runtime.block_on(open(url));
     let mut report = format!("what={what}");
     match what.as_str() {
         "open" => {}
-        "verify" => {
-            let page: i64 = args
+        "fill" => {
+            let records = args
                 .get(2)
-                .and_then(|page| page.parse().ok())
-                .expect("--once verify URL PAGE");
+                .and_then(|records| records.replace(['_', ','], "").parse().ok())
+                .expect(USAGE);
+            let (time, ()) = measure::timed(|| runtime.block_on(fill_log(&store, records)));
+            report = format!(
+                "what=fill records={records} seconds={:.2}",
+                time.as_secs_f64()
+            );
+        }
+        "verify" => {
+            let page: i64 = args.get(2).and_then(|page| page.parse().ok()).expect(USAGE);
             // An optional count repeats the verify, for profiling (`perf record`).
             let repeat = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1);
             for _ in 0..repeat {
@@ -839,7 +880,7 @@ fn once(args: &[String]) {
                 );
             }
         }
-        other => panic!("--once takes open or verify, not {other}"),
+        other => panic!("{USAGE}, not {other}"),
     }
     println!("{report} hwm_kb={}", measure::status_kb("VmHWM:"));
 }

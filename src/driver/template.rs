@@ -31,11 +31,15 @@ pub fn context(instance: &Instance) -> serde_json::Value {
     })
 }
 
+/// A rendered environment: plain variables, and secrets as `env:NAME` references.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rendered {
+    pub environment: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+}
+
 /// Renders `template` and splits it into plain variables and secret references.
-pub fn render(
-    template: &str,
-    context: &serde_json::Value,
-) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), Error> {
+pub fn render(template: &str, context: &serde_json::Value) -> Result<Rendered, Error> {
     let mut environment = minijinja::Environment::new();
     environment.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     let text = environment
@@ -69,7 +73,10 @@ pub fn render(
             plain.insert(name.to_string(), value.to_string());
         }
     }
-    Ok((plain, secrets))
+    Ok(Rendered {
+        environment: plain,
+        secrets,
+    })
 }
 
 /// What the driver should make of `instance` at `version`, by the fleet and the template.
@@ -91,7 +98,10 @@ pub fn target(
             instance.name.value
         ))
     })?;
-    let (environment, secrets) = render(template, &context(instance))?;
+    let Rendered {
+        environment,
+        secrets,
+    } = render(template, &context(instance))?;
     Ok(Target {
         instance: instance.name.value.clone(),
         version: version.clone(),
@@ -109,8 +119,10 @@ mod tests {
     #[test]
     fn secrets_are_kept_apart_and_bad_lines_refused() {
         let context = serde_json::json!({"name": "web"});
-        let (plain, secrets) =
-            render("A={{ name }}\n# comment\n\nKEY=env:WEB_KEY\n", &context).expect("rendered");
+        let Rendered {
+            environment: plain,
+            secrets,
+        } = render("A={{ name }}\n# comment\n\nKEY=env:WEB_KEY\n", &context).expect("rendered");
         assert_eq!(
             plain,
             BTreeMap::from([("A".to_string(), "web".to_string())])

@@ -149,6 +149,8 @@ async fn open(url: &str) -> Store {
 
 fn run(options: &Options) -> ExitCode {
     let started = Instant::now();
+    // The server shares the machine with the benchmark: other load shows in the figures.
+    let start_load = load_average();
     let runtime = runtime();
     // PostgreSQL's defaults: no setting is changed, so every commit waits for its WAL flush.
     let postgres = Postgres::start_with(&[]);
@@ -212,13 +214,26 @@ fn run(options: &Options) -> ExitCode {
         println!("  {goal}: {}", verdict(*met));
     }
     println!(
-        "\nthe whole run took {:.1} s",
-        started.elapsed().as_secs_f64()
+        "\nthe whole run took {:.1} s; load average at the start {start_load}, at the end {}",
+        started.elapsed().as_secs_f64(),
+        load_average()
     );
     if options.strict && goals.iter().any(|(_, met)| !met) {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// The load averages over 1, 5 and 15 minutes, as /proc/loadavg has them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".to_string())
 }
 
 /// Prints the server's version and the settings that decide what a commit costs.

@@ -1180,3 +1180,35 @@ async fn postgres_down_at_start_and_during_appends_loses_nothing() {
     assert_eq!(seqs, vec![6, 7, 8, 9, 10]);
     assert_eq!(verify(&store, &[]).await, Ok(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_are_committed_together() {
+    let postgres = Postgres::start_with(&[]);
+    let database = postgres.create_database("fleet").await;
+    let store = std::sync::Arc::new(open(&postgres.admin_url(&database)).await);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..200 {
+                store.append_one(record(n)).await.expect("an append");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a task");
+    }
+    // Records of one statement share their time stamp.
+    let rows = store.audit_rows(0, 10_000).await.expect("rows");
+    let statements = rows
+        .iter()
+        .map(|row| row.at_us)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert_eq!(rows.len(), 1_600);
+    assert!(
+        statements * 2 < rows.len(),
+        "{} records in {statements} statements: appends waiting together should share one",
+        rows.len()
+    );
+}

@@ -392,16 +392,19 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(Pending { records, reply });
         loop {
-            match outcome.try_recv() {
-                Ok(result) => return result,
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    return Err(Error::Invalid(
-                        "the append was abandoned by the task writing it".into(),
-                    ));
+            // Either another appender writes ours while we wait, or we get the lock and
+            // write everything queued: ours and whatever came while the last write ran.
+            let mut head = tokio::select! {
+                biased;
+                result = &mut outcome => {
+                    return result.unwrap_or_else(|_| {
+                        Err(Error::Invalid(
+                            "the append was abandoned by the task writing it".into(),
+                        ))
+                    });
                 }
-                Err(oneshot::error::TryRecvError::Empty) => {}
-            }
-            let mut head = self.appender.head.lock().await;
+                head = self.appender.head.lock() => head,
+            };
             let batch = std::mem::take(
                 &mut *self
                     .appender
@@ -410,7 +413,7 @@ impl Store {
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
             );
             if batch.is_empty() {
-                // Another holder of the lock wrote ours; its reply is waiting.
+                // A previous holder of the lock wrote ours; its reply is waiting.
                 continue;
             }
             self.write_batch(&mut head, batch).await;

@@ -544,3 +544,96 @@ async fn unreachable_parts_are_named_and_nothing_is_left_half_made() {
     assert!(!error.contains(common::postgres::PASSWORD), "{error}");
     assert!(!exists("network", "wakafleet-faulty") && !exists("volume", "wakafleet-faulty-data"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provision_cut_off_at_any_step_is_finished_by_the_next() {
+    images();
+    let sweep = Sweep::new();
+    let postgres = Postgres::start();
+    let backups = tempfile::tempdir().expect("a temporary folder");
+    let driver =
+        Driver::new(&region(&postgres, backups.path()), options(&sweep)).expect("a driver");
+    let password = driver::generate_password().expect("a password");
+    let target = target("resumed", "1.0.0");
+
+    // Cut off after the database: nothing runs yet.
+    driver.allocate("resumed").await.expect("allocated");
+    driver
+        .database("resumed", &password)
+        .await
+        .expect("a database");
+    // Cut off while the app container existed but the worker did not, and a migration
+    // container was left behind.
+    driver.migrate(&target, &password).await.expect("migrated");
+    let docker = |args: &[&str]| Command::new("docker").args(args).output().expect("docker");
+    docker(&[
+        "create",
+        "--name",
+        "wakafleet-resumed-migrate",
+        "--label",
+        &format!("{LABEL}={}", sweep.0),
+        &target.image,
+        "migrate",
+    ]);
+    driver
+        .containers(&target, &password)
+        .await
+        .expect("containers");
+    docker(&["rm", "-f", "wakafleet-resumed-worker"]);
+
+    driver
+        .provision(&target, &password)
+        .await
+        .expect("the next provision finishes");
+    assert!(driver.observe(&target).await.expect("observed").is_empty());
+    assert!(
+        !exists("container", "wakafleet-resumed-migrate"),
+        "the leftover is gone"
+    );
+    assert_eq!(
+        migrations(&postgres, "resumed").await,
+        vec!["0000_base", "0001_items_index"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_passwords_are_kept_encrypted_in_the_store() {
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let url = format!("sqlite://{}", folder.path().join("state.db").display());
+    let store = wakafleet::store::Store::open(&url, wakafleet::store::Options::default())
+        .await
+        .expect("a store");
+    let key = wakafleet::store::secrets::SecretKey::from_bytes(&[7; 32]);
+    let first = driver::database_password(&store, &key, "web")
+        .await
+        .expect("a password");
+    let again = driver::database_password(&store, &key, "web")
+        .await
+        .expect("a password");
+    assert_eq!(first, again, "the password is made once and kept");
+    let other = driver::database_password(&store, &key, "api")
+        .await
+        .expect("a password");
+    assert_ne!(first, other);
+    store.close().await;
+    let file = std::fs::read(folder.path().join("state.db")).expect("read the store");
+    let wal = std::fs::read(folder.path().join("state.db-wal")).unwrap_or_default();
+    for bytes in [&file, &wal] {
+        assert!(
+            !bytes
+                .windows(first.len())
+                .any(|window| window == first.as_bytes()),
+            "the password is not in the store's files in clear"
+        );
+    }
+    let wrong = wakafleet::store::secrets::SecretKey::from_bytes(&[8; 32]);
+    let store = wakafleet::store::Store::open(&url, wakafleet::store::Options::default())
+        .await
+        .expect("a store");
+    assert!(
+        driver::database_password(&store, &wrong, "web")
+            .await
+            .is_err(),
+        "another key opens nothing"
+    );
+}

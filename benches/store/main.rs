@@ -855,6 +855,46 @@ fn peak_memory(url: &str) {
             mib(kb.saturating_sub(open_kb)),
         );
     }
+    export_memory(url);
+}
+
+/// The real `wakafleet audit export` of the whole log to /dev/null in each format, under GNU
+/// time: its wall time and peak resident set, which must not grow with the log.
+fn export_memory(url: &str) {
+    if !std::path::Path::new("/usr/bin/time").is_file() {
+        println!("  (audit export not measured: /usr/bin/time is missing)");
+        return;
+    }
+    for format in ["ndjson", "csv"] {
+        let started = Instant::now();
+        let output = Command::new("/usr/bin/time")
+            .args(["-f", "maxrss_kb=%M"])
+            .arg(env!("CARGO_BIN_EXE_wakafleet"))
+            .args([
+                "audit",
+                "export",
+                "--format",
+                format,
+                "--out",
+                "/dev/null",
+                "--store",
+                url,
+            ])
+            .output()
+            .expect("running wakafleet audit export");
+        let seconds = started.elapsed().as_secs_f64();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "audit export failed: {stderr}");
+        let kb: u64 = stderr
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("maxrss_kb=")?.parse().ok())
+            .unwrap_or(0);
+        println!(
+            "  {:<34} maxRSS {:>6.1} MiB (the whole command, {seconds:.1} s)",
+            format!("wakafleet audit export --format {format}"),
+            kb as f64 / 1024.0
+        );
+    }
 }
 
 /// Child mode: `open URL` or `verify URL PAGE [N]`, then the peak resident set size; or,

@@ -131,22 +131,21 @@ pub fn specs(fleet: &ValidFleet, fail_health: &[Version]) -> Result<Vec<Spec>, E
     if let Some(unknown) = fail_health.iter().find(|v| !releases.contains_key(*v)) {
         return Err(Error::UnknownRelease(unknown.clone()));
     }
-    let mut migrations = Vec::new();
     let mut specs = Vec::new();
     for (version, release) in releases {
-        for name in &release.migrations {
-            if name.is_empty() || name.contains(',') || name.chars().any(char::is_control) {
-                return Err(Error::MigrationName {
-                    version: version.clone(),
-                    name: name.clone(),
-                });
-            }
-            migrations.push(name.clone());
+        let bad = release.migrations.iter().find(|name| {
+            name.is_empty() || name.contains(',') || name.chars().any(char::is_control)
+        });
+        if let Some(name) = bad {
+            return Err(Error::MigrationName {
+                version: version.clone(),
+                name: name.clone(),
+            });
         }
         specs.push(Spec {
             image: release.image.clone(),
             version: version.clone(),
-            migrations: migrations.clone(),
+            migrations: fleet.fleet().migrations_through(version),
             fail_health: fail_health.contains(version),
         });
     }

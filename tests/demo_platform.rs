@@ -70,7 +70,7 @@ async fn demo_platform_runs_migrates_and_reports_health_in_docker() {
         .wait_for_health(&app.id, HealthStatusEnum::HEALTHY)
         .await;
     eprintln!("1.0.0 healthy at {:?}", started.elapsed());
-    fail_health(&containers, &images, &app.ip).await;
+    fail_health(&containers, &images, &app.ip, &pool).await;
     eprintln!("1.1.0 unhealthy at {:?}", started.elapsed());
     degrade(&docker, &worker.id, &app.ip, &pool).await;
     pool.close().await;
@@ -150,10 +150,11 @@ fn build_images(images: &Images) {
 
 /// Migrations are applied once and recorded, and a rerun changes nothing.
 async fn migrate(containers: &Containers<'_>, images: &Images, pool: &sqlx::PgPool) {
-    assert_eq!(
-        containers.run_to_end(&images.of("1.0.0"), "migrate").await,
-        0
-    );
+    let migrate = || async {
+        let (code, logs) = containers.run_to_end(&images.of("1.0.0"), "migrate").await;
+        assert_eq!(code, 0, "{logs}");
+    };
+    migrate().await;
     let recorded = || async {
         sqlx::query_as::<_, (String, String)>(
             "SELECT version, applied_at::text FROM schema_migrations ORDER BY applied_at, version",
@@ -165,10 +166,7 @@ async fn migrate(containers: &Containers<'_>, images: &Images, pool: &sqlx::PgPo
     let first = recorded().await;
     let versions: Vec<&str> = first.iter().map(|(version, _)| version.as_str()).collect();
     assert_eq!(versions, ["0000_base", "0001_orders", "0002_customers"]);
-    assert_eq!(
-        containers.run_to_end(&images.of("1.0.0"), "migrate").await,
-        0
-    );
+    migrate().await;
     assert_eq!(recorded().await, first);
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename",
@@ -254,6 +252,11 @@ async fn smoke_test(ip: &str, pool: &sqlx::PgPool) {
         (200, json!([{"id": id, "name": "jollof"}]))
     );
     assert_eq!(
+        get(ip, "/items?name=jollof").await,
+        (200, json!([{"id": id, "name": "jollof"}]))
+    );
+    assert_eq!(get(ip, "/items?name=suya").await, (200, json!([])));
+    assert_eq!(
         get(ip, &path).await,
         (200, json!({"id": id, "name": "jollof"}))
     );
@@ -291,10 +294,32 @@ async fn smoke_test(ip: &str, pool: &sqlx::PgPool) {
     assert_eq!(get(ip, "/items").await, (200, json!([])));
 }
 
-/// 1.1.0 fails its health check: first because its migration is missing, then because it
-/// was built to. Its redis is a port nothing listens on. 1.0.0 (at `app_ip`) stays healthy on
-/// the database migrated further.
-async fn fail_health(containers: &Containers<'_>, images: &Images, app_ip: &str) {
+/// 1.1.0 brings the schema to its release before it serves, and does not start when its
+/// migration fails. It fails its health check: first because its migration is missing (as in
+/// a database restored from before it), then because it was built to. Its redis is a port
+/// nothing listens on. 1.0.0 (at `app_ip`) stays healthy on the database migrated further.
+async fn fail_health(
+    containers: &Containers<'_>,
+    images: &Images,
+    app_ip: &str,
+    pool: &sqlx::PgPool,
+) {
+    let execute = |sql: &'static str| async move {
+        sqlx::raw_sql(sql)
+            .execute(pool)
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"));
+    };
+    // A table in the way of 0003_payments: the app exits before it ever answers.
+    execute("CREATE TABLE \"m_0003_payments\" (id INT)").await;
+    let (code, logs) = containers.run_to_end(&images.of("1.1.0"), "serve").await;
+    assert_eq!(code, 1, "{logs}");
+    assert!(
+        logs.contains("m_0003_payments") && logs.contains("already exists"),
+        "{logs}"
+    );
+    execute("DROP TABLE \"m_0003_payments\"").await;
+
     let redis = "REDIS_URL=redis://:secret@host.docker.internal:1/0";
     let failing = containers
         .start_with(&images.of("1.1.0"), "serve", &[redis])
@@ -304,15 +329,28 @@ async fn fail_health(containers: &Containers<'_>, images: &Images, app_ip: &str)
         http(ip, "GET", "/health/database", None).await
     })
     .await;
+    assert_eq!((code, body), (200, json!({"status": "pass"})));
+    let (_, status) = get(ip, "/health/status").await;
+    let migrations = [
+        "0000_base",
+        "0001_orders",
+        "0002_customers",
+        "0003_payments",
+    ];
+    assert_eq!(status["migrations"], json!(migrations));
+
+    execute(
+        "DELETE FROM schema_migrations WHERE version = '0003_payments'; \
+         DROP TABLE \"m_0003_payments\"",
+    )
+    .await;
+    let (code, body) = get(ip, "/health/database").await;
     assert_eq!(code, 503);
     assert_eq!(body["status"], "fail");
     let error = body["error"].as_str().unwrap_or_default();
     assert!(error.contains("0003_payments"), "{body}");
-
-    assert_eq!(
-        containers.run_to_end(&images.of("1.1.0"), "migrate").await,
-        0
-    );
+    let (code, logs) = containers.run_to_end(&images.of("1.1.0"), "migrate").await;
+    assert_eq!(code, 0, "{logs}");
     assert_eq!(
         get(ip, "/health/database").await,
         (200, json!({"status": "pass"}))
@@ -332,12 +370,6 @@ async fn fail_health(containers: &Containers<'_>, images: &Images, app_ip: &str)
     );
     let (_, status) = get(ip, "/health/status").await;
     assert_eq!(status["version"], "1.1.0");
-    let migrations = [
-        "0000_base",
-        "0001_orders",
-        "0002_customers",
-        "0003_payments",
-    ];
     assert_eq!(status["migrations"], json!(migrations));
     assert_eq!(get(app_ip, "/health").await.0, 200);
     containers
@@ -565,8 +597,9 @@ impl Containers<'_> {
         created.id
     }
 
-    /// Runs `command` in a new container of `image` until it exits; returns its exit code.
-    async fn run_to_end(&self, image: &str, command: &str) -> i64 {
+    /// Runs `command` in a new container of `image` until it exits; returns its exit code
+    /// and what it wrote.
+    async fn run_to_end(&self, image: &str, command: &str) -> (i64, String) {
         let id = self.launch(image, command, &[]).await;
         let code = eventually(&format!("`{command}` exits"), || async {
             let inspect = self.docker.inspect_container(&id, None).await.ok()?;
@@ -574,10 +607,7 @@ impl Containers<'_> {
             (state.running == Some(false)).then_some(state.exit_code?)
         })
         .await;
-        if code != 0 {
-            eprintln!("`{command}` of {image} said:\n{}", self.logs(&id).await);
-        }
-        code
+        (code, self.logs(&id).await)
     }
 
     async fn logs(&self, id: &str) -> String {

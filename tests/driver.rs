@@ -125,11 +125,25 @@ fn region(postgres: &Postgres, backups: &Path) -> Region {
     }
 }
 
+/// The test catalogue's migrations, release by release.
+const MIGRATIONS: [(&str, &str); 3] = [
+    ("1.0.0", "0001_items_index"),
+    ("1.1.0", "0002_orders"),
+    ("1.2.0", "0003_broken"),
+];
+
 fn target(instance: &str, version: &str) -> Target {
+    let version = Version::parse(version).expect("a version");
+    let migrations = MIGRATIONS
+        .iter()
+        .filter(|(release, _)| Version::parse(release).expect("a version") <= version)
+        .map(|(_, name)| name.to_string())
+        .collect();
     Target {
         instance: instance.into(),
-        version: Version::parse(version).expect("a version"),
         image: format!("{IMAGE}:{version}"),
+        version,
+        migrations,
         resources: Resources {
             cpu: Cpu::from_millicores(500),
             memory: ByteSize::from_bytes(256 << 20),
@@ -562,24 +576,17 @@ async fn a_provision_cut_off_at_any_step_is_finished_by_the_next() {
         .database("resumed", &password)
         .await
         .expect("a database");
-    // Cut off while the app container existed but the worker did not, and a migration
-    // container was left behind.
-    driver.migrate(&target, &password).await.expect("migrated");
-    let docker = |args: &[&str]| Command::new("docker").args(args).output().expect("docker");
-    docker(&[
-        "create",
-        "--name",
-        "wakafleet-resumed-migrate",
-        "--label",
-        &format!("{LABEL}={}", sweep.0),
-        &target.image,
-        "migrate",
-    ]);
+    // Cut off with the app stopped, the worker gone, and the smoke test's item made but not
+    // deleted.
     driver
         .containers(&target, &password)
         .await
         .expect("containers");
+    driver.migrations(&target).await.expect("migrated");
+    add_item(&postgres, "resumed", "wakafleet smoke test").await;
+    let docker = |args: &[&str]| Command::new("docker").args(args).output().expect("docker");
     docker(&["rm", "-f", "wakafleet-resumed-worker"]);
+    docker(&["stop", "wakafleet-resumed-app"]);
 
     driver
         .provision(&target, &password)
@@ -587,8 +594,8 @@ async fn a_provision_cut_off_at_any_step_is_finished_by_the_next() {
         .expect("the next provision finishes");
     assert!(driver.observe(&target).await.expect("observed").is_empty());
     assert!(
-        !exists("container", "wakafleet-resumed-migrate"),
-        "the leftover is gone"
+        items(&postgres, "resumed").await.is_empty(),
+        "the smoke test's leftover is gone"
     );
     assert_eq!(
         migrations(&postgres, "resumed").await,
@@ -636,4 +643,194 @@ async fn instance_passwords_are_kept_encrypted_in_the_store() {
             .is_err(),
         "another key opens nothing"
     );
+}
+
+/// A driver on a new throwaway server, and what the test needs to keep alive beside it.
+struct Setup {
+    driver: Driver,
+    postgres: Postgres,
+    password: String,
+    _backups: tempfile::TempDir,
+    _sweep: Sweep,
+}
+
+fn setup() -> Setup {
+    images();
+    let sweep = Sweep::new();
+    let postgres = Postgres::start();
+    let backups = tempfile::tempdir().expect("a temporary folder");
+    let driver =
+        Driver::new(&region(&postgres, backups.path()), options(&sweep)).expect("a driver");
+    Setup {
+        driver,
+        postgres,
+        password: driver::generate_password().expect("a password"),
+        _backups: backups,
+        _sweep: sweep,
+    }
+}
+
+impl Setup {
+    /// Provisions `instance` at `version` with one item.
+    async fn instance(&self, instance: &str, version: &str) -> Target {
+        let target = target(instance, version);
+        self.driver
+            .provision(&target, &self.password)
+            .await
+            .unwrap_or_else(|error| panic!("provision {instance}: {error}"));
+        add_item(&self.postgres, instance, "keep me").await;
+        target
+    }
+
+    /// The instance runs `target`'s image, healthy, with its migrations and the item, and
+    /// maintenance is off; `when` says where the test is.
+    async fn assert_at(&self, target: &Target, when: &str) {
+        let instance = &target.instance;
+        let drift = self.driver.observe(target).await.expect("observed");
+        assert!(drift.is_empty(), "{when}: {drift:?}");
+        if let Err(error) = self.driver.health(instance).await {
+            panic!("{when}: not healthy: {error}");
+        }
+        if let Err(error) = self.driver.smoke(instance).await {
+            panic!("{when}: the smoke test failed (maintenance on?): {error}");
+        }
+        let mut expected = vec!["0000_base".to_string()];
+        expected.extend(target.migrations.iter().cloned());
+        assert_eq!(
+            migrations(&self.postgres, instance).await,
+            expected,
+            "{when}"
+        );
+        assert_eq!(
+            items(&self.postgres, instance).await,
+            vec!["keep me"],
+            "{when}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_whose_migration_fails_rolls_back() {
+    let setup = setup();
+    let v1 = setup.instance("blocked", "1.0.0").await;
+    // A table in the way of 1.1.0's migration: its containers exit before they answer.
+    let mut connection = instance_db(&setup.postgres, "blocked").await;
+    sqlx::raw_sql("CREATE TABLE \"m_0002_orders\" (id INT)")
+        .execute(&mut connection)
+        .await
+        .expect("create a table");
+    let error = setup
+        .driver
+        .upgrade(&v1, &target("blocked", "1.1.0"), &setup.password)
+        .await
+        .expect_err("the migration fails");
+    let Error::RolledBack { cause, .. } = &error else {
+        panic!("not rolled back: {error}");
+    };
+    assert!(
+        matches!(&**cause, Error::Step { step, .. } if step == "migrations"),
+        "{cause}"
+    );
+    assert!(cause.to_string().contains("already exists"), "{cause}");
+    setup.assert_at(&v1, "rolled back").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_cut_off_after_its_containers_changed_resumes_from_its_backup() {
+    let setup = setup();
+    let (driver, password) = (&setup.driver, &setup.password);
+    let v1 = setup.instance("cut", "1.0.0").await;
+    let v1_1 = target("cut", "1.1.0");
+
+    // Cut off with 1.1.0 running, migrated and in maintenance: the next run keeps the
+    // backup taken before it.
+    let before = driver
+        .backup("cut", "20260101T000000.000000Z-before-1.1.0")
+        .await
+        .expect("a backup");
+    driver
+        .server
+        .set_maintenance(&database_name("cut"), true)
+        .await
+        .expect("maintenance");
+    driver
+        .containers(&v1_1, password)
+        .await
+        .expect("containers");
+    driver.migrations(&v1_1).await.expect("migrated");
+    let resumed = driver
+        .upgrade(&v1, &v1_1, password)
+        .await
+        .expect("the upgrade finishes");
+    assert_eq!(resumed.name, before.name);
+    setup.assert_at(&v1_1, "upgrade resumed").await;
+
+    // Cut off in the middle of a rollback from the broken 1.2.0: its migration applied, its
+    // containers suspended. The next run fails again and restores the backup from before
+    // 1.2.0, not one of the half-upgraded database.
+    let broken = target("cut", "1.2.0");
+    let before = driver
+        .backup("cut", "20260102T000000.000000Z-before-1.2.0")
+        .await
+        .expect("a backup");
+    driver
+        .server
+        .set_maintenance(&database_name("cut"), true)
+        .await
+        .expect("maintenance");
+    driver
+        .containers(&broken, password)
+        .await
+        .expect("containers");
+    driver.migrations(&broken).await.expect("migrated");
+    driver.suspend("cut").await.expect("suspended");
+    let error = driver
+        .upgrade(&v1_1, &broken, password)
+        .await
+        .expect_err("1.2.0 is unhealthy");
+    match &error {
+        Error::RolledBack { backup, .. } => assert_eq!(*backup, before.name),
+        _ => panic!("not rolled back: {error}"),
+    }
+    setup.assert_at(&v1_1, "rollback resumed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_cut_off_at_any_moment_ends_upgraded_or_rolled_back_by_the_next_run() {
+    let setup = setup();
+    let driver = &setup.driver;
+    // Cuts spread over the upgrade (backup, containers, migrations, health) and, for the
+    // broken release, over its rollback (which starts once it has been unhealthy for 3 s).
+    for (n, cut_ms) in [50_u64, 300, 700, 1_200].into_iter().enumerate() {
+        let instance = format!("up-{n}");
+        let from = setup.instance(&instance, "1.0.0").await;
+        let to = target(&instance, "1.1.0");
+        let cut = std::time::Duration::from_millis(cut_ms);
+        let _ = tokio::time::timeout(cut, driver.upgrade(&from, &to, &setup.password)).await;
+        driver
+            .upgrade(&from, &to, &setup.password)
+            .await
+            .unwrap_or_else(|error| panic!("cut at {cut_ms} ms: {error}"));
+        setup
+            .assert_at(&to, &format!("upgrade cut at {cut_ms} ms"))
+            .await;
+    }
+    for (n, cut_ms) in [600_u64, 3_300, 3_900].into_iter().enumerate() {
+        let instance = format!("down-{n}");
+        let from = setup.instance(&instance, "1.1.0").await;
+        let to = target(&instance, "1.2.0");
+        let cut = std::time::Duration::from_millis(cut_ms);
+        let _ = tokio::time::timeout(cut, driver.upgrade(&from, &to, &setup.password)).await;
+        let error = driver
+            .upgrade(&from, &to, &setup.password)
+            .await
+            .expect_err("1.2.0 is unhealthy");
+        assert!(
+            matches!(error, Error::RolledBack { .. }),
+            "cut at {cut_ms} ms: {error}"
+        );
+        setup
+            .assert_at(&from, &format!("rollback cut at {cut_ms} ms"))
+            .await;
+    }
 }

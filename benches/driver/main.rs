@@ -89,6 +89,7 @@ fn target(instance: &str) -> Target {
         instance: instance.to_string(),
         version: Version::new(1, 0, 0),
         image: IMAGE.to_string(),
+        migrations: vec!["0001_items_index".to_string()],
         resources: Resources {
             cpu: Cpu::from_millicores(250),
             memory: ByteSize::from_bytes(128 << 20),

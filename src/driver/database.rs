@@ -149,7 +149,8 @@ impl Server {
         }
     }
 
-    async fn connect(&self, database: &str) -> Result<PgConnection, Error> {
+    /// A connection to `database` as the administrator.
+    pub async fn connect(&self, database: &str) -> Result<PgConnection, Error> {
         PgConnection::connect_with(&self.admin.with_database(database).options())
             .await
             .map_err(|e| self.error(e))
@@ -305,14 +306,45 @@ impl Server {
         })
     }
 
-    /// Restores a backup of `folder` into `database`, replacing its objects, after checking
-    /// the file against its recorded checksum.
-    pub async fn restore(
+    /// The newest complete backup of `folder` (its checksum written) whose name ends with
+    /// `suffix`; backup names start with their time, so the newest sorts last.
+    pub async fn latest_backup(&self, folder: &Path, suffix: &str) -> Option<String> {
+        let mut entries = tokio::fs::read_dir(folder).await.ok()?;
+        let mut newest: Option<String> = None;
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let complete = name.ends_with(suffix)
+                && tokio::fs::try_exists(folder.join(format!("{name}.sha256")))
+                    .await
+                    .unwrap_or(false);
+            if complete && newest.as_ref().is_none_or(|newest| *newest < name) {
+                newest = Some(name);
+            }
+        }
+        newest
+    }
+
+    /// The migrations `schema_migrations` records (none before the first).
+    pub async fn applied_migrations(
         &self,
-        database: &str,
-        folder: &Path,
-        name: &str,
-    ) -> Result<Backup, Error> {
+        connection: &mut PgConnection,
+    ) -> Result<Vec<String>, Error> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('schema_migrations') IS NOT NULL")
+                .fetch_one(&mut *connection)
+                .await
+                .map_err(|e| self.error(e))?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        sqlx::query_scalar("SELECT version::text FROM schema_migrations")
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// A backup of `folder` by name, after checking the file against its recorded checksum.
+    pub async fn checked_backup(&self, folder: &Path, name: &str) -> Result<Backup, Error> {
         if name.contains('/') || name.contains("..") {
             return Err(Error::Invalid(format!("`{name}` is not a backup name")));
         }
@@ -332,6 +364,23 @@ impl Server {
                 path.display()
             )));
         }
+        Ok(Backup {
+            name: name.to_string(),
+            path,
+            sha256,
+            bytes,
+        })
+    }
+
+    /// Restores a backup of `folder` into `database`, replacing its objects, after checking
+    /// the file against its recorded checksum.
+    pub async fn restore(
+        &self,
+        database: &str,
+        folder: &Path,
+        name: &str,
+    ) -> Result<Backup, Error> {
+        let backup = self.checked_backup(folder, name).await?;
         self.pg_tool(
             "pg_restore",
             &[
@@ -341,16 +390,11 @@ impl Server {
                 "--exit-on-error",
                 "--dbname",
                 database,
-                path_text(&path)?,
+                path_text(&backup.path)?,
             ],
         )
         .await?;
-        Ok(Backup {
-            name: name.to_string(),
-            path,
-            sha256,
-            bytes,
-        })
+        Ok(backup)
     }
 
     /// Runs a PostgreSQL client program against this server, the password in its
@@ -366,7 +410,10 @@ impl Server {
             .env("PGPASSWORD", &self.admin.password)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // An operation given up (a job cancelled or timed out) leaves no dump or restore
+            // running behind it.
+            .kill_on_drop(true);
         // `--dbname NAME` is a database name: the connection comes from the environment.
         let output = command
             .output()

@@ -297,40 +297,6 @@ impl Engine {
             .map_err(|e| self.error(e))
     }
 
-    /// Runs a container to its end (a one-shot command) and returns its exit code and the
-    /// end of its output; the container is removed either way.
-    pub async fn run_once(
-        &self,
-        spec: &ContainerSpec,
-        timeout: Duration,
-    ) -> Result<(i64, String), Error> {
-        self.remove_container(&spec.name).await?;
-        self.create(spec).await?;
-        self.start(&spec.name).await?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let outcome = loop {
-            match self.container(&spec.name).await? {
-                Some(view) if !view.running && view.exit_code.is_some() => {
-                    break Ok(view.exit_code.unwrap_or(-1));
-                }
-                None => break Err("the container disappeared".to_string()),
-                Some(_) if tokio::time::Instant::now() > deadline => {
-                    break Err(format!("it did not finish within {timeout:?}"));
-                }
-                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        };
-        let output = self.logs(&spec.name).await.unwrap_or_default();
-        self.remove_container(&spec.name).await?;
-        match outcome {
-            Ok(code) => Ok((code, output)),
-            Err(reason) => Err(Error::Step {
-                step: spec.name.clone(),
-                reason: format!("{reason}; its output ended with: {output}"),
-            }),
-        }
-    }
-
     /// The last lines a container wrote.
     pub async fn logs(&self, name: &str) -> Result<String, Error> {
         let options = LogsOptionsBuilder::default()

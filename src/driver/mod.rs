@@ -6,11 +6,17 @@
 //! and labelled with the instance, the release and the configuration hash. Every step checks
 //! what exists before it acts (labels, the server's catalogue), so any operation can be
 //! repeated, and resumed after a crash at any point. The steps follow the seeds' runbooks:
-//! provisioning is validate, allocate, database, migrations, containers, health, smoke test,
-//! activate (migrations run before the containers start, so the app never sees an old
-//! schema); an upgrade takes a backup, turns maintenance on, migrates with the new image,
-//! replaces the containers and checks health, and on any failure puts the old image back and
-//! restores the backup by itself.
+//! provisioning is validate, allocate, database, containers, migrations, health, smoke test.
+//! The release's own processes apply its migrations as they start, before they answer (the
+//! demo platform's contract), so the migrations step waits until `schema_migrations` records
+//! every migration of the release and fails, with the output, as soon as a container stops.
+//! An upgrade takes a backup, turns maintenance on, replaces the containers (which migrate),
+//! and checks migrations, health and a smoke test; on any failure it puts the old image back
+//! and restores the backup by itself. An upgrade cut off once its containers were touched is
+//! resumed from the backup it took, never from a new one of a half-migrated database.
+//!
+//! Independent parts of a step run at once (the network beside the database, the app beside
+//! the worker); the benchmark in `benches/driver` measures what that buys.
 //!
 //! Secrets (the database password, `env:` values of the environment template) reach the
 //! containers' environment only: they are not part of the configuration hash, and no error
@@ -106,6 +112,9 @@ pub struct Target {
     pub instance: String,
     pub version: Version,
     pub image: String,
+    /// Every migration the release's database has: those of all releases up to and
+    /// including this one ([`crate::model::Fleet::migrations_through`]).
+    pub migrations: Vec<String>,
     pub resources: Resources,
     /// The environment the template renders, without secrets.
     pub environment: BTreeMap<String, String>,
@@ -220,6 +229,16 @@ const PORT: u16 = 8080;
 
 /// Where an instance's volume is mounted.
 const DATA_PATH: &str = "/data";
+
+/// The item the smoke test makes and deletes, and its name in a query string.
+const SMOKE_ITEM: &str = "wakafleet smoke test";
+const SMOKE_ITEM_QUERY: &str = "wakafleet%20smoke%20test";
+
+/// How often a local instance is asked whether it is ready.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How often, while polling, the containers are checked for having stopped.
+const LIVENESS_EVERY: u32 = 5;
 
 /// An instance's names on the engine and the server.
 pub fn network_name(instance: &str) -> String {
@@ -382,9 +401,12 @@ impl Driver {
 
     /// validate: both the engine and the server answer, and the image is there.
     pub async fn validate(&self, target: &Target) -> Result<(), Error> {
-        self.engine.ping().await?;
-        self.server.ping().await?;
-        if !self.engine.has_image(&target.image).await? {
+        let (_, _, has_image) = tokio::try_join!(
+            self.engine.ping(),
+            self.server.ping(),
+            self.engine.has_image(&target.image)
+        )?;
+        if !has_image {
             return Err(Error::Invalid(format!(
                 "region `{}`: the image `{}` is not on the engine at {}; build it with `wakafleet image build`",
                 self.region.name, target.image, self.region.docker
@@ -395,13 +417,16 @@ impl Driver {
 
     /// allocate: the instance's network and volume.
     pub async fn allocate(&self, instance: &str) -> Result<(), Error> {
-        let labels = self.labels(instance);
-        self.engine
-            .ensure_network(&network_name(instance), &labels)
-            .await?;
-        self.engine
-            .ensure_volume(&volume_name(instance), &labels)
-            .await
+        let (labels, network, volume) = (
+            self.labels(instance),
+            network_name(instance),
+            volume_name(instance),
+        );
+        tokio::try_join!(
+            self.engine.ensure_network(&network, &labels),
+            self.engine.ensure_volume(&volume, &labels)
+        )?;
+        Ok(())
     }
 
     /// database: the instance's role (with `password`) and database.
@@ -411,52 +436,109 @@ impl Driver {
             .await
     }
 
-    /// migrations: the target release's migrations, run once by its image.
-    pub async fn migrate(&self, target: &Target, password: &str) -> Result<(), Error> {
-        let spec = self.spec(target, "migrate", "migrate", password)?;
-        let (code, output) = self
-            .engine
-            .run_once(&spec, self.options.migration_timeout)
-            .await?;
-        if code == 0 {
-            Ok(())
-        } else {
-            Err(Error::Step {
-                step: "migrations".into(),
-                reason: format!("{} exited with {code}: {}", target.image, output.trim()),
-            })
-        }
-    }
-
     /// containers: app and worker as the target says, replacing any that differ.
     pub async fn containers(&self, target: &Target, password: &str) -> Result<(), Error> {
-        for role in Role::ALL {
-            let spec = self.spec(target, role.as_str(), role.command(), password)?;
-            self.engine.ensure_running(&spec).await?;
-        }
+        let app = self.spec(target, Role::App.as_str(), Role::App.command(), password)?;
+        let worker = self.spec(
+            target,
+            Role::Worker.as_str(),
+            Role::Worker.command(),
+            password,
+        )?;
+        tokio::try_join!(
+            self.engine.ensure_running(&app),
+            self.engine.ensure_running(&worker)
+        )?;
         Ok(())
+    }
+
+    /// migrations: the release's containers apply its migrations as they start; this waits
+    /// until the database records every one of `target.migrations` (the runbook's check of
+    /// `schema_migrations`), and fails as soon as a container stops, with its output.
+    pub async fn migrations(&self, target: &Target) -> Result<(), Error> {
+        let database = database_name(&target.instance);
+        let deadline = tokio::time::Instant::now() + self.options.migration_timeout;
+        let mut connection = self.server.connect(&database).await?;
+        let mut round = 0_u32;
+        loop {
+            let applied = self.server.applied_migrations(&mut connection).await?;
+            let missing: Vec<&str> = target
+                .migrations
+                .iter()
+                .filter(|name| !applied.contains(name))
+                .map(String::as_str)
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            if round % LIVENESS_EVERY == 0 {
+                for role in Role::ALL {
+                    self.running(
+                        &container_name(&target.instance, role.as_str()),
+                        "migrations",
+                    )
+                    .await?;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Step {
+                    step: "migrations".into(),
+                    reason: format!(
+                        "{} were not applied within {:?}",
+                        missing.join(", "),
+                        self.options.migration_timeout
+                    ),
+                });
+            }
+            round += 1;
+            tokio::time::sleep(POLL).await;
+        }
+        drop(sqlx::Connection::close(connection).await);
+        Ok(())
+    }
+
+    /// Fails when the container is gone or stopped, with its exit code and last output.
+    async fn running(&self, name: &str, step: &str) -> Result<(), Error> {
+        let view = self.engine.container(name).await?;
+        if view.as_ref().is_some_and(|view| view.running) {
+            return Ok(());
+        }
+        Err(Error::Step {
+            step: step.into(),
+            reason: match view {
+                None => format!("the container {name} is gone"),
+                Some(view) => format!(
+                    "{name} stopped (exit code {}): {}",
+                    view.exit_code.unwrap_or(-1),
+                    self.engine.logs(name).await.unwrap_or_default().trim()
+                ),
+            },
+        })
     }
 
     /// health: both containers answer `/health` with 200. They are asked directly, every
-    /// 100 ms, when the engine's containers are reachable from here (a local engine); else
+    /// 20 ms, when the engine's containers are reachable from here (a local engine); else
     /// the image's Docker health check decides, which runs every 2 s.
     pub async fn health(&self, instance: &str) -> Result<(), Error> {
-        let network = network_name(instance);
-        for role in Role::ALL {
-            let name = container_name(instance, role.as_str());
-            match self.engine.address(&name, &network).await? {
-                Some(address) if self.local_engine() => {
-                    self.poll_health(&name, &format!("{address}:{PORT}"))
-                        .await?;
-                }
-                _ => {
-                    self.engine
-                        .wait_healthy(&name, self.options.health_timeout)
-                        .await?;
-                }
+        tokio::try_join!(
+            self.role_health(instance, Role::App),
+            self.role_health(instance, Role::Worker)
+        )?;
+        Ok(())
+    }
+
+    async fn role_health(&self, instance: &str, role: Role) -> Result<(), Error> {
+        let name = container_name(instance, role.as_str());
+        match self.engine.address(&name, &network_name(instance)).await? {
+            Some(address) if self.local_engine() => {
+                self.poll_health(&name, &format!("{address}:{PORT}")).await
+            }
+            _ => {
+                self.engine
+                    .wait_healthy(&name, self.options.health_timeout)
+                    .await
             }
         }
-        Ok(())
     }
 
     /// Whether containers' addresses can be reached from this process.
@@ -470,6 +552,7 @@ impl Driver {
         // state: the worker's first heartbeat) has failed.
         let patience = Duration::from_secs(3);
         let mut unhealthy_since = None;
+        let mut round = 0_u32;
         loop {
             let answer = http::request(address, "GET", "/health", None).await;
             match &answer {
@@ -485,17 +568,10 @@ impl Driver {
                 }
                 _ => unhealthy_since = None,
             }
-            let view = self.engine.container(name).await?;
-            if !view.as_ref().is_some_and(|view| view.running) {
-                return Err(Error::Step {
-                    step: "health".into(),
-                    reason: format!(
-                        "{name} stopped (exit code {}): {}",
-                        view.and_then(|view| view.exit_code).unwrap_or(-1),
-                        self.engine.logs(name).await.unwrap_or_default().trim()
-                    ),
-                });
+            if round % LIVENESS_EVERY == 0 {
+                self.running(name, "health").await?;
             }
+            round += 1;
             if tokio::time::Instant::now() > deadline {
                 let last = match answer {
                     Ok((status, body)) => format!("{status} {body}"),
@@ -509,11 +585,12 @@ impl Driver {
                     ),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
-    /// smoke test: create, read and delete an item through the app.
+    /// smoke test: create, read and delete an item through the app. Items a smoke test cut
+    /// off earlier left behind are deleted first, so no crash leaves one in the instance.
     pub async fn smoke(&self, instance: &str) -> Result<(), Error> {
         let failed = |reason: String| Error::Step {
             step: "smoke test".into(),
@@ -525,29 +602,41 @@ impl Driver {
             .await?
             .ok_or_else(|| failed("the app container has no address".into()))?;
         let address = format!("{address}:{PORT}");
-        let item = serde_json::json!({"name": "wakafleet smoke test"});
-        let (status, body) = http::request(&address, "POST", "/items", Some(&item))
-            .await
-            .map_err(&failed)?;
+        let request = |method: &'static str, path: String, body: Option<serde_json::Value>| {
+            let address = &address;
+            async move {
+                let (status, text) = http::request(address, method, &path, body.as_ref())
+                    .await
+                    .map_err(&failed)?;
+                let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+                Ok::<_, Error>((status, text, json))
+            }
+        };
+        let (status, text, leftovers) =
+            request("GET", format!("/items?name={SMOKE_ITEM_QUERY}"), None).await?;
+        if status != 200 {
+            return Err(failed(format!("GET /items answered {status}: {text}")));
+        }
+        let leftovers = leftovers.as_array().cloned().unwrap_or_default();
+        for id in leftovers.iter().filter_map(|item| item["id"].as_i64()) {
+            request("DELETE", format!("/items/{id}"), None).await?;
+        }
+        let item = serde_json::json!({"name": SMOKE_ITEM});
+        let (status, text, created) = request("POST", "/items".into(), Some(item)).await?;
         if status != 201 {
-            return Err(failed(format!("POST /items answered {status}: {body}")));
+            return Err(failed(format!("POST /items answered {status}: {text}")));
         }
-        let id = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|created| created["id"].as_i64())
-            .ok_or_else(|| failed(format!("POST /items gave no id: {body}")))?;
-        let (status, body) = http::request(&address, "GET", &format!("/items/{id}"), None)
-            .await
-            .map_err(&failed)?;
-        if status != 200 || !body.contains("wakafleet smoke test") {
-            return Err(failed(format!("GET /items/{id} answered {status}: {body}")));
+        let id = created["id"]
+            .as_i64()
+            .ok_or_else(|| failed(format!("POST /items gave no id: {text}")))?;
+        let (status, text, read) = request("GET", format!("/items/{id}"), None).await?;
+        if status != 200 || read["name"] != SMOKE_ITEM {
+            return Err(failed(format!("GET /items/{id} answered {status}: {text}")));
         }
-        let (status, body) = http::request(&address, "DELETE", &format!("/items/{id}"), None)
-            .await
-            .map_err(&failed)?;
+        let (status, text, _) = request("DELETE", format!("/items/{id}"), None).await?;
         if !(200..300).contains(&status) {
             return Err(failed(format!(
-                "DELETE /items/{id} answered {status}: {body}"
+                "DELETE /items/{id} answered {status}: {text}"
             )));
         }
         Ok(())
@@ -558,10 +647,12 @@ impl Driver {
     /// Provisions an instance from nothing, or finishes one a crash interrupted.
     pub async fn provision(&self, target: &Target, password: &str) -> Result<(), Error> {
         self.validate(target).await?;
-        self.allocate(&target.instance).await?;
-        self.database(&target.instance, password).await?;
-        self.migrate(target, password).await?;
+        tokio::try_join!(
+            self.allocate(&target.instance),
+            self.database(&target.instance, password)
+        )?;
         self.containers(target, password).await?;
+        self.migrations(target).await?;
         self.health(&target.instance).await?;
         self.smoke(&target.instance).await
     }
@@ -571,6 +662,7 @@ impl Driver {
     pub async fn configure(&self, target: &Target, password: &str) -> Result<(), Error> {
         self.validate(target).await?;
         self.containers(target, password).await?;
+        self.migrations(target).await?;
         self.health(&target.instance).await
     }
 
@@ -604,6 +696,7 @@ impl Driver {
         self.validate(target).await?;
         self.allocate(&target.instance).await?;
         self.containers(target, password).await?;
+        self.migrations(target).await?;
         self.health(&target.instance).await
     }
 
@@ -636,13 +729,19 @@ impl Driver {
             )
             .await?;
         self.containers(target, password).await?;
+        self.migrations(target).await?;
         self.health(&target.instance).await?;
         Ok(backup)
     }
 
-    /// Upgrades (or downgrades) from `from` to `to`: backup, maintenance, migrations with
-    /// the new image, new containers, health and smoke test. On any failure after the
-    /// backup, the old image comes back and the backup is restored, and the error says so.
+    /// Upgrades (or downgrades) from `from` to `to`: backup, maintenance, new containers
+    /// (which apply the new migrations), migrations, health and smoke test. On any failure
+    /// after the backup, the old image comes back and the backup is restored, and the error
+    /// says so.
+    ///
+    /// Run again after a crash, it resumes: while the app still runs `from`, nothing has
+    /// changed but maintenance and a fresh backup is taken; once the containers were touched,
+    /// the newest complete backup taken before this upgrade is the one kept for a rollback.
     pub async fn upgrade(
         &self,
         from: &Target,
@@ -652,12 +751,11 @@ impl Driver {
         self.validate(to).await?;
         let instance = &to.instance;
         let database = database_name(instance);
-        let label = format!("{}-before-{}", now_label(), to.version);
-        let backup = self.backup(instance, &label).await?;
+        let backup = self.upgrade_backup(from, to).await?;
         self.server.set_maintenance(&database, true).await?;
         let attempt = async {
-            self.migrate(to, password).await?;
             self.containers(to, password).await?;
+            self.migrations(to).await?;
             self.health(instance).await?;
             self.server.set_maintenance(&database, false).await?;
             self.smoke(instance).await
@@ -672,6 +770,7 @@ impl Driver {
                     .restore(&database, &self.backups_folder(instance), &backup.name)
                     .await?;
                 self.containers(from, password).await?;
+                self.migrations(from).await?;
                 self.health(instance).await?;
                 self.server.set_maintenance(&database, false).await?;
                 Err(Error::RolledBack {
@@ -682,6 +781,30 @@ impl Driver {
                 })
             }
         }
+    }
+
+    /// The backup an upgrade rolls back to: a new one while the app still runs `from`, else
+    /// (an upgrade cut off after it touched the containers) the one that upgrade took.
+    async fn upgrade_backup(&self, from: &Target, to: &Target) -> Result<Backup, Error> {
+        let instance = &to.instance;
+        let app = self
+            .engine
+            .container(&container_name(instance, Role::App.as_str()))
+            .await?;
+        let untouched = app.is_some_and(|app| {
+            app.labels.get(labels::RELEASE) == Some(&from.version.to_string())
+                && app.image == from.image
+        });
+        if !untouched {
+            let folder = self.backups_folder(instance);
+            let suffix = format!("-before-{}.dump", to.version);
+            if let Some(name) = self.server.latest_backup(&folder, &suffix).await {
+                tracing::info!(instance, backup = %name, "resuming an upgrade that was cut off");
+                return self.server.checked_backup(&folder, &name).await;
+            }
+        }
+        let label = format!("{}-before-{}", now_label(), to.version);
+        self.backup(instance, &label).await
     }
 
     /// Removes the instance after a final backup: containers, network, volume, database
@@ -698,9 +821,9 @@ impl Driver {
         } else {
             None
         };
-        for role in ["app", "worker", "migrate"] {
+        for role in Role::ALL {
             self.engine
-                .remove_container(&container_name(instance, role))
+                .remove_container(&container_name(instance, role.as_str()))
                 .await?;
         }
         self.engine.remove_network(&network_name(instance)).await?;
@@ -809,6 +932,7 @@ mod tests {
             instance: "web".into(),
             version: Version::new(1, 0, 0),
             image: "i".into(),
+            migrations: Vec::new(),
             resources: Resources::default(),
             environment: BTreeMap::from([("A".into(), "1".into())]),
             secrets: BTreeMap::from([("KEY".into(), "env:WEB_KEY".into())]),

@@ -106,6 +106,7 @@ pub fn target(
         instance: instance.name.value.clone(),
         version: version.clone(),
         image: release.image.clone(),
+        migrations: fleet.migrations_through(version),
         resources,
         environment,
         secrets,

@@ -29,6 +29,17 @@ pub struct Fleet {
     pub instances: BTreeMap<String, Instance>,
 }
 
+impl Fleet {
+    /// The migrations an instance at `version` has applied: those of every release up to and
+    /// including it, releases in semver order, each release's list in its order.
+    pub fn migrations_through(&self, version: &Version) -> Vec<String> {
+        self.releases
+            .range(..=version)
+            .flat_map(|(_, release)| release.migrations.iter().cloned())
+            .collect()
+    }
+}
+
 /// Fleet-wide settings (`fleet.toml`): regions and instance sizes.
 #[derive(Clone, Debug, Default, PartialEq, JsonSchema)]
 #[schemars(title = "wakafleet fleet settings", deny_unknown_fields)]

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
@@ -391,11 +391,23 @@ async fn open(app: &App) -> Result<(), ApiError> {
     }
 }
 
-async fn list_items(State(app): State<Shared>) -> Result<Json<Vec<Item>>, ApiError> {
+/// `GET /items?name=N`: only the items named `N`.
+#[derive(Debug, Deserialize)]
+struct ItemFilter {
+    name: Option<String>,
+}
+
+async fn list_items(
+    State(app): State<Shared>,
+    Query(filter): Query<ItemFilter>,
+) -> Result<Json<Vec<Item>>, ApiError> {
     open(&app).await?;
-    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, name FROM items ORDER BY id")
-        .fetch_all(&app.pool)
-        .await?;
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, name FROM items WHERE $1::text IS NULL OR name = $1 ORDER BY id",
+    )
+    .bind(filter.name)
+    .fetch_all(&app.pool)
+    .await?;
     Ok(Json(rows.into_iter().map(Item::from).collect()))
 }
 

@@ -12,6 +12,12 @@
 //!   at = now())`) and serves only the `/health*` endpoints.
 //! - `demo-platform migrate`: one-shot; waits up to 60 s for the database to accept
 //!   connections, applies the migrations, exits 0, or exits 1 with the error on stderr.
+//!
+//! `serve` and `worker` first do what `migrate` does (concurrent runs wait for each other on
+//! an advisory lock, and each migration is applied once), and only then listen: a process of
+//! a release never runs on an older schema, and one whose migration fails exits 1 with the
+//! error on stderr before it ever answers. Once started, they keep serving while the database
+//! is away, reporting it as failing.
 //! - `demo-platform healthcheck`: `GET http://127.0.0.1:$PORT/health`; exits 0 on HTTP 200,
 //!   else 1 (the image's Docker `HEALTHCHECK`).
 //!
@@ -48,9 +54,10 @@
 //! - `GET /health/status` → 200 `{"status":...,"version":...,"instance":...,"migrations":
 //!   [the applied ones, in the order applied],"checks":{...}}`.
 //! - `GET /version` → `{"version":"..."}` (serve only).
-//! - Items, for smoke tests (serve only): `POST /items {"name":...}` → 201 `{"id":..,"name":..}`;
-//!   `GET /items` → 200 `[{"id":..,"name":..},...]` by id; `GET /items/{id}`, `PUT /items/{id}
-//!   {"name":...}` → 200 `{"id":..,"name":..}`; `DELETE /items/{id}` → 204; 404 `{"error":"not
+//! - Items, for smoke tests (serve only): `POST /items {"name":...}` → 201
+//!   `{"id":..,"name":..}`; `GET /items[?name=N]` → 200 `[{"id":..,"name":..},...]` by id
+//!   (only those named `N`); `GET /items/{id}`, `PUT /items/{id} {"name":...}` → 200
+//!   `{"id":..,"name":..}`; `DELETE /items/{id}` → 204; 404 `{"error":"not
 //!   found"}` when missing. When `platform_settings` has `maintenance` = `on`, they answer 503
 //!   `{"error":"maintenance"}`; a database error is 503 `{"error":"database: ..."}`.
 //!
@@ -134,13 +141,9 @@ fn run(command: Command) -> Result<ExitCode, Error> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        migrate(&database_url, &config).await?;
         match command {
-            Command::Migrate => {
-                let pool = wait_for_database(&database_url, Duration::from_secs(60)).await?;
-                let applied = migrations::apply(&pool, &config.migrations).await?;
-                tracing::info!(applied = applied.len(), "migrations up to date");
-                pool.close().await;
-            }
+            Command::Migrate => {}
             Command::Serve => {
                 let pool = lazy_pool(&database_url)?;
                 http::serve(http::App { pool, config }, http::app_routes()).await?;
@@ -158,6 +161,15 @@ fn run(command: Command) -> Result<ExitCode, Error> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Brings the database's schema to this release.
+async fn migrate(database_url: &str, config: &Config) -> Result<(), Error> {
+    let pool = wait_for_database(database_url, Duration::from_secs(60)).await?;
+    let applied = migrations::apply(&pool, &config.migrations).await?;
+    tracing::info!(applied = applied.len(), "migrations up to date");
+    pool.close().await;
+    Ok(())
 }
 
 fn config() -> Result<Config, Error> {

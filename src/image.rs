@@ -18,7 +18,7 @@ use std::{
 
 use bollard::{
     Docker,
-    models::ImageInspect,
+    models::{HealthConfig, ImageInspect},
     query_parameters::{BuildImageOptionsBuilder, RemoveImageOptions},
 };
 use futures_util::StreamExt;
@@ -31,6 +31,46 @@ use crate::validate::ValidFleet;
 pub const RELEASE_LABEL: &str = "org.wakafleet.release";
 /// The label holding the SHA-256 of the binary in an image, in hex.
 pub const DIGEST_LABEL: &str = "org.wakafleet.binary-sha256";
+
+/// The image's Docker health check: every 10 s, three failures in a row make it unhealthy,
+/// and failures in the first 5 s do not count. Each check is a process started in the
+/// container, so checking many containers often costs the engine a good share of a small
+/// machine; the driver asks for checks every 500 ms while its containers start (the classic
+/// builder knows no `--start-interval`).
+const HEALTH: HealthCheck = HealthCheck {
+    interval_ms: 10_000,
+    timeout_ms: 3_000,
+    start_period_ms: 5_000,
+    retries: 3,
+};
+
+struct HealthCheck {
+    interval_ms: i64,
+    timeout_ms: i64,
+    start_period_ms: i64,
+    retries: i64,
+}
+
+impl HealthCheck {
+    /// The Dockerfile instruction.
+    fn instruction(&self) -> String {
+        format!(
+            "HEALTHCHECK --interval={}ms --timeout={}ms --start-period={}ms --retries={} CMD [\"/demo-platform\", \"healthcheck\"]",
+            self.interval_ms, self.timeout_ms, self.start_period_ms, self.retries
+        )
+    }
+
+    /// Whether an image's health check is this one (Docker keeps nanoseconds).
+    fn is(&self, config: Option<&HealthConfig>) -> bool {
+        let ns = |ms: i64| Some(ms * 1_000_000);
+        config.is_some_and(|config| {
+            config.interval == ns(self.interval_ms)
+                && config.timeout == ns(self.timeout_ms)
+                && config.start_period == ns(self.start_period_ms)
+                && config.retries == Some(self.retries)
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -287,7 +327,9 @@ fn is_up_to_date(existing: &ImageInspect, spec: &Spec, payload: &Payload) -> boo
         .cloned()
         .collect();
     env.sort();
-    digest == Some(&payload.binary_sha256) && env == spec.env()
+    digest == Some(&payload.binary_sha256)
+        && env == spec.env()
+        && HEALTH.is(config.healthcheck.as_ref())
 }
 
 /// The Dockerfile of `spec`. The files come first, so every release's image shares their
@@ -311,11 +353,12 @@ fn dockerfile(spec: &Spec, payload: &Payload) -> String {
          COPY rootfs/ /\n\
          ENV {}\n\
          LABEL {}\n\
-         HEALTHCHECK --interval=2s --timeout=3s --retries=3 CMD [\"/demo-platform\", \"healthcheck\"]\n\
+         {}\n\
          ENTRYPOINT [\"/demo-platform\"]\n\
          CMD [\"serve\"]\n",
         env.join(" "),
         labels.join(" "),
+        HEALTH.instruction(),
     )
 }
 
@@ -434,6 +477,32 @@ mod tests {
             .map(PathBuf::from)
         );
         assert!(parse_ldd("\tlibfoo.so.1 => not found\n").is_err());
+    }
+
+    #[test]
+    fn an_image_with_another_health_check_is_rebuilt() {
+        assert!(HEALTH.instruction().starts_with(
+            "HEALTHCHECK --interval=10000ms --timeout=3000ms --start-period=5000ms --retries=3 "
+        ));
+        let built = HealthConfig {
+            test: Some(vec![
+                "CMD".into(),
+                "/demo-platform".into(),
+                "healthcheck".into(),
+            ]),
+            interval: Some(10_000_000_000),
+            timeout: Some(3_000_000_000),
+            retries: Some(3),
+            start_period: Some(5_000_000_000),
+            start_interval: None,
+        };
+        assert!(HEALTH.is(Some(&built)));
+        let older = HealthConfig {
+            interval: Some(2_000_000_000),
+            ..built
+        };
+        assert!(!HEALTH.is(Some(&older)));
+        assert!(!HEALTH.is(None));
     }
 
     #[test]

@@ -201,10 +201,10 @@ fn inspect(name: &str, format: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-/// Docker's own health status of a container once it settles (its check runs every 2 s; the
-/// driver itself asks the containers directly and may be done sooner).
+/// Docker's own health status of a container once it settles: the image's check runs every
+/// 10 s (the driver asks a local engine's containers directly and is done sooner).
 fn docker_health(name: &str) -> String {
-    for _ in 0..100 {
+    for _ in 0..300 {
         let status = inspect(name, "{{.State.Health.Status}}");
         if status != "starting" {
             return status;

@@ -1,6 +1,9 @@
 //! Provisioning benchmark: 20 instances provisioned by the driver serially and four at a
 //! time, against the floor of creating and starting the same containers and creating the
-//! databases directly, in one run, on one Docker engine and one PostgreSQL server.
+//! databases directly (also serially and four at a time), in one run, on one Docker engine and
+//! one PostgreSQL server. A second floor also creates a network per instance and attaches the
+//! containers to it, as the driver must. Each phase reports how many of the machine's cores
+//! were busy on average, which bounds what concurrency can gain.
 //!
 //! `cargo bench --bench driver [-- --instances N --rounds R]`; see bench/README.md.
 
@@ -18,14 +21,13 @@ use std::{
 
 use bollard::{
     Docker,
-    models::{ContainerCreateBody, HostConfig},
+    models::{ContainerCreateBody, HostConfig, NetworkCreateRequest},
     query_parameters::{
         CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     },
 };
 use futures_util::StreamExt;
 use semver::Version;
-use sqlx::Connection;
 
 use postgres::Postgres;
 use wakafleet::{
@@ -100,20 +102,33 @@ fn target(instance: &str) -> Target {
     }
 }
 
-/// The floor for one instance: the app and worker containers created and started (on the
-/// default bridge, with the same image, command, environment and limits) and its database
-/// created, each directly.
+/// The floor for one instance: the app and worker containers created and started (with the
+/// same image, command, environment and limits) and its database created, each directly. The
+/// containers are on the default bridge, or with `network` on a new network of their own.
 async fn floor_one(
     docker: &Docker,
-    admin: &mut sqlx::PgConnection,
+    admin: &sqlx::PgPool,
     name: &str,
     labels: &HashMap<String, String>,
     postgres: &Postgres,
+    network: bool,
 ) {
     sqlx::raw_sql(&format!("CREATE DATABASE \"{}\"", database_name(name)))
-        .execute(&mut *admin)
+        .execute(admin)
         .await
         .expect("createdb");
+    if network {
+        let request = NetworkCreateRequest {
+            name: driver::network_name(name),
+            driver: Some("bridge".into()),
+            labels: Some(labels.clone()),
+            ..NetworkCreateRequest::default()
+        };
+        docker
+            .create_network(request)
+            .await
+            .expect("docker network create");
+    }
     for (role, command) in [("app", "serve"), ("worker", "worker")] {
         let container = format!("wakafleet-{name}-{role}");
         let body = ContainerCreateBody {
@@ -131,6 +146,7 @@ async fn floor_one(
             ]),
             labels: Some(labels.clone()),
             host_config: Some(HostConfig {
+                network_mode: network.then(|| driver::network_name(name)),
                 nano_cpus: Some(250_000_000),
                 memory: Some(128 << 20),
                 extra_hosts: Some(vec!["host.docker.internal:host-gateway".to_string()]),
@@ -155,7 +171,7 @@ async fn floor_one(
 /// Removes everything labelled for this run, and the databases and roles made.
 async fn clean(
     docker: &Docker,
-    admin: &mut sqlx::PgConnection,
+    admin: &sqlx::PgPool,
     labels: &HashMap<String, String>,
     names: &[String],
 ) {
@@ -185,11 +201,51 @@ async fn clean(
             format!("DROP ROLE IF EXISTS \"{database}\""),
         ] {
             sqlx::raw_sql(&statement)
-                .execute(&mut *admin)
+                .execute(admin)
                 .await
                 .expect("drop");
         }
     }
+}
+
+async fn floor_all(
+    docker: &Docker,
+    admin: &sqlx::PgPool,
+    names: &[String],
+    labels: &HashMap<String, String>,
+    postgres: &Postgres,
+    network: bool,
+    concurrency: usize,
+) {
+    futures_util::stream::iter(names)
+        .map(|name| floor_one(docker, admin, name, labels, postgres, network))
+        .buffer_unordered(concurrency)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// Busy and total time of all the machine's cores so far, from /proc/stat, in ticks.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let line = stat.lines().next().expect("the cpu line");
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// How many cores were busy on average between two readings of `cpu_ticks`.
+fn cores_busy(before: (u64, u64), after: (u64, u64), cores: f64) -> f64 {
+    let total = (after.1 - before.1) as f64;
+    if total == 0.0 {
+        return 0.0;
+    }
+    (after.0 - before.0) as f64 / total * cores
 }
 
 async fn provision_all(driver: &Driver, names: &[String], concurrency: usize) {
@@ -249,70 +305,98 @@ fn main() {
         settings.rounds
     );
 
-    let (mut floor, mut serial, mut parallel) = (Vec::new(), Vec::new(), Vec::new());
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    // Per phase: the wall times of the measured rounds and the cores busy on average.
+    let mut phases: [(&str, Vec<std::time::Duration>, Vec<f64>); 6] = [
+        (
+            "floor: docker create + start of app and worker, createdb",
+            Vec::new(),
+            Vec::new(),
+        ),
+        ("floor, four at a time", Vec::new(), Vec::new()),
+        ("floor with a network per instance", Vec::new(), Vec::new()),
+        (
+            "floor with a network per instance, four at a time",
+            Vec::new(),
+            Vec::new(),
+        ),
+        ("driver.provision, one at a time", Vec::new(), Vec::new()),
+        ("driver.provision, four at a time", Vec::new(), Vec::new()),
+    ];
     runtime.block_on(async {
-        let mut admin = sqlx::PgConnection::connect(&postgres.admin_url("postgres"))
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&postgres.admin_url("postgres"))
             .await
-            .expect("an admin connection");
+            .expect("an admin pool");
         for round in 0..=settings.rounds {
-            let names = |kind: &str| -> Vec<String> {
-                (0..count)
-                    .map(|n| format!("bench-{kind}{round}-{n}"))
-                    .collect()
-            };
-            // The floor.
-            let floor_names = names("f");
-            let start = Instant::now();
-            for name in &floor_names {
-                floor_one(&docker, &mut admin, name, &labels, &postgres).await;
-            }
-            let floor_time = start.elapsed();
-            clean(&docker, &mut admin, &labels, &floor_names).await;
-            // Serial.
-            let serial_names = names("s");
-            let start = Instant::now();
-            provision_all(&driver, &serial_names, 1).await;
-            let serial_time = start.elapsed();
-            clean(&docker, &mut admin, &labels, &serial_names).await;
-            // Four at a time.
-            let parallel_names = names("c");
-            let start = Instant::now();
-            provision_all(&driver, &parallel_names, 4).await;
-            let parallel_time = start.elapsed();
-            clean(&docker, &mut admin, &labels, &parallel_names).await;
-            if round > 0 {
-                floor.push(floor_time);
-                serial.push(serial_time);
-                parallel.push(parallel_time);
-            }
-            println!(
-                "  round {round}{}: floor {:.2} s, serial {:.2} s, four at a time {:.2} s",
-                if round == 0 { " (warmup)" } else { "" },
-                floor_time.as_secs_f64(),
-                serial_time.as_secs_f64(),
-                parallel_time.as_secs_f64()
+            let mut line = format!(
+                "  round {round}{}:",
+                if round == 0 { " (warmup)" } else { "" }
             );
+            for (phase, (label, times, busy)) in phases.iter_mut().enumerate() {
+                let names: Vec<String> = (0..count)
+                    .map(|n| format!("bench-p{phase}r{round}-{n}"))
+                    .collect();
+                let concurrency = if phase % 2 == 0 { 1 } else { 4 };
+                let before = cpu_ticks();
+                let start = Instant::now();
+                if phase < 4 {
+                    let network = phase >= 2;
+                    floor_all(
+                        &docker,
+                        &admin,
+                        &names,
+                        &labels,
+                        &postgres,
+                        network,
+                        concurrency,
+                    )
+                    .await;
+                } else {
+                    provision_all(&driver, &names, concurrency).await;
+                }
+                let time = start.elapsed();
+                let used = cores_busy(before, cpu_ticks(), cores);
+                clean(&docker, &admin, &labels, &names).await;
+                if round > 0 {
+                    times.push(time);
+                    busy.push(used);
+                }
+                let short = label.split(':').next().unwrap_or(label);
+                line += &format!(" {short} {:.2} s ({used:.1} cores);", time.as_secs_f64());
+            }
+            println!("{line}");
         }
     });
 
     println!(
-        "\nwall time for {count} instances, ms:                                  min   median      max"
+        "\nwall time for {count} instances, ms:                                  min   median      max   cores busy"
     );
-    let floor_median = measure::row(
-        "floor: docker create + start of app and worker, createdb",
-        &mut floor,
-    );
-    let serial_median = measure::row("driver.provision, one at a time", &mut serial);
-    let parallel_median = measure::row("driver.provision, four at a time", &mut parallel);
+    let mut medians = Vec::new();
+    for (label, times, busy) in &mut phases {
+        busy.sort_by(f64::total_cmp);
+        let median = measure::row(label, times);
+        println!(
+            "      (median {:.2} of {cores} cores busy)",
+            busy[busy.len() / 2]
+        );
+        medians.push(median);
+    }
     let per = |median: f64| median / count as f64;
     println!(
-        "\nper instance: floor {:.0} ms, serial {:.0} ms, four at a time {:.0} ms",
-        per(floor_median),
-        per(serial_median),
-        per(parallel_median)
+        "\nper instance: floor {:.0} ms (four at a time {:.0} ms), with networks {:.0} ms ({:.0} ms), driver serial {:.0} ms, four at a time {:.0} ms",
+        per(medians[0]),
+        per(medians[1]),
+        per(medians[2]),
+        per(medians[3]),
+        per(medians[4]),
+        per(medians[5])
     );
-    let ratio = serial_median / floor_median;
-    let speedup = serial_median / parallel_median;
+    let ratio = medians[4] / medians[0];
+    let speedup = medians[4] / medians[5];
+    let floor_speedup = medians[0] / medians[1];
+    let network_speedup = medians[2] / medians[3];
     println!(
         "serial / floor: {ratio:.2} (goal <= 1.2): {}",
         if ratio <= 1.2 { "met" } else { "NOT MET" }
@@ -320,6 +404,14 @@ fn main() {
     println!(
         "serial / four at a time: {speedup:.2}x faster (goal >= 2.5): {}",
         if speedup >= 2.5 { "met" } else { "NOT MET" }
+    );
+    println!(
+        "the floor itself, four at a time: {floor_speedup:.2}x faster than serial; with networks {network_speedup:.2}x (what the engine and server allow)"
+    );
+    println!(
+        "serial / floor with networks: {:.2}; four at a time / floor with networks four at a time: {:.2}",
+        medians[4] / medians[2],
+        medians[5] / medians[3]
     );
     println!("whole run: {:.0} s", started.elapsed().as_secs_f64());
 }

@@ -7,7 +7,7 @@ use bollard::{
     Docker,
     models::{
         ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
-        ContainerUpdateBody, HealthStatusEnum, HostConfig, NetworkCreateRequest,
+        ContainerUpdateBody, HealthConfig, HealthStatusEnum, HostConfig, NetworkCreateRequest,
         VolumeCreateRequest,
     },
     query_parameters::{
@@ -40,6 +40,9 @@ pub struct ContainerSpec {
     pub nano_cpus: i64,
     pub memory: i64,
     pub extra_hosts: Vec<String>,
+    /// How often Docker runs the image's health check while the container starts, when not
+    /// as the image says.
+    pub health_start_interval: Option<Duration>,
 }
 
 /// What a container is, as far as drift goes.
@@ -223,6 +226,11 @@ impl Engine {
             cmd: Some(spec.command.clone()),
             env: Some(spec.env.clone()),
             labels: Some(spec.labels.clone()),
+            // Docker takes what is left unset here from the image's health check.
+            healthcheck: spec.health_start_interval.map(|interval| HealthConfig {
+                start_interval: i64::try_from(interval.as_nanos()).ok(),
+                ..HealthConfig::default()
+            }),
             host_config: Some(HostConfig {
                 network_mode: Some(spec.network.clone()),
                 nano_cpus: Some(spec.nano_cpus),

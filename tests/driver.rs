@@ -221,21 +221,41 @@ fn exists(kind: &str, name: &str) -> bool {
         .is_ok_and(|output| output.status.success())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_whole_life_of_one_instance() {
+/// A driver on a new throwaway server, and what the test needs to keep alive beside it.
+struct Setup {
+    driver: Driver,
+    postgres: Postgres,
+    password: String,
+    _backups: tempfile::TempDir,
+    _sweep: Sweep,
+}
+
+fn setup() -> Setup {
     images();
     let sweep = Sweep::new();
     let postgres = Postgres::start();
     let backups = tempfile::tempdir().expect("a temporary folder");
     let driver =
         Driver::new(&region(&postgres, backups.path()), options(&sweep)).expect("a driver");
-    let password = driver::generate_password().expect("a password");
+    Setup {
+        driver,
+        postgres,
+        password: driver::generate_password().expect("a password"),
+        _backups: backups,
+        _sweep: sweep,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_life_of_one_instance() {
+    let setup = setup();
+    let (driver, postgres, password) = (&setup.driver, &setup.postgres, &setup.password);
     let v1 = target("life", "1.0.0");
 
     // Provision, and provision again (idempotent).
-    driver.provision(&v1, &password).await.expect("provisioned");
+    driver.provision(&v1, password).await.expect("provisioned");
     driver
-        .provision(&v1, &password)
+        .provision(&v1, password)
         .await
         .expect("provisioned again");
     for role in ["app", "worker"] {
@@ -257,11 +277,11 @@ async fn the_whole_life_of_one_instance() {
     }
     assert!(exists("network", "wakafleet-life") && exists("volume", "wakafleet-life-data"));
     assert_eq!(
-        migrations(&postgres, "life").await,
+        migrations(postgres, "life").await,
         vec!["0000_base", "0001_items_index"]
     );
     assert!(driver.observe(&v1).await.expect("observed").is_empty());
-    add_item(&postgres, "life", "keep me").await;
+    add_item(postgres, "life", "keep me").await;
 
     // Configure: a new environment replaces the containers.
     let mut configured = v1.clone();
@@ -269,7 +289,7 @@ async fn the_whole_life_of_one_instance() {
         .environment
         .insert("WEBWAKA_SSL".into(), "off".into());
     driver
-        .configure(&configured, &password)
+        .configure(&configured, password)
         .await
         .expect("configured");
     assert_eq!(
@@ -285,25 +305,25 @@ async fn the_whole_life_of_one_instance() {
     let mut v1_1 = target("life", "1.1.0");
     v1_1.environment = configured.environment.clone();
     let backup = driver
-        .upgrade(&configured, &v1_1, &password)
+        .upgrade(&configured, &v1_1, password)
         .await
         .expect("upgraded");
     assert!(backup.path.is_file() && backup.bytes > 0);
     assert_eq!(
-        migrations(&postgres, "life").await,
+        migrations(postgres, "life").await,
         vec!["0000_base", "0001_items_index", "0002_orders"]
     );
     assert_eq!(
         inspect("wakafleet-life-app", "{{.Config.Image}}"),
         format!("{IMAGE}:1.1.0")
     );
-    assert_eq!(items(&postgres, "life").await, vec!["keep me"]);
+    assert_eq!(items(postgres, "life").await, vec!["keep me"]);
 
     // A failed upgrade rolls back by itself, schema and data as they were.
     let mut broken = target("life", "1.2.0");
     broken.environment = configured.environment.clone();
     let error = driver
-        .upgrade(&v1_1, &broken, &password)
+        .upgrade(&v1_1, &broken, password)
         .await
         .expect_err("1.2.0 is unhealthy");
     assert!(matches!(error, Error::RolledBack { .. }), "{error}");
@@ -317,11 +337,11 @@ async fn the_whole_life_of_one_instance() {
     );
     assert_eq!(docker_health("wakafleet-life-app"), "healthy");
     assert_eq!(
-        migrations(&postgres, "life").await,
+        migrations(postgres, "life").await,
         vec!["0000_base", "0001_items_index", "0002_orders"],
         "the broken release's migration is undone by the restore"
     );
-    assert_eq!(items(&postgres, "life").await, vec!["keep me"]);
+    assert_eq!(items(postgres, "life").await, vec!["keep me"]);
     driver
         .smoke("life")
         .await
@@ -337,20 +357,20 @@ async fn the_whole_life_of_one_instance() {
             Drift::Stopped { role: Role::Worker }
         ]
     );
-    driver.resume(&v1_1, &password).await.expect("resumed");
-    assert_eq!(items(&postgres, "life").await, vec!["keep me"]);
+    driver.resume(&v1_1, password).await.expect("resumed");
+    assert_eq!(items(postgres, "life").await, vec!["keep me"]);
 
     // Backup, lose data, restore it.
     let saved = driver.backup("life", "manual").await.expect("a backup");
     let recorded =
         std::fs::read_to_string(saved.path.with_extension("dump.sha256")).expect("a checksum");
     assert!(recorded.starts_with(&saved.sha256));
-    add_item(&postgres, "life", "added after the backup").await;
+    add_item(postgres, "life", "added after the backup").await;
     driver
-        .restore(&v1_1, &password, &saved.name)
+        .restore(&v1_1, password, &saved.name)
         .await
         .expect("restored");
-    assert_eq!(items(&postgres, "life").await, vec!["keep me"]);
+    assert_eq!(items(postgres, "life").await, vec!["keep me"]);
 
     // Scale in place: the same containers, new limits.
     let id_before = inspect("wakafleet-life-app", "{{.Id}}");
@@ -401,12 +421,8 @@ async fn the_whole_life_of_one_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_instance_cannot_reach_another_instances_database() {
-    images();
-    let sweep = Sweep::new();
-    let postgres = Postgres::start();
-    let backups = tempfile::tempdir().expect("a temporary folder");
-    let driver =
-        Driver::new(&region(&postgres, backups.path()), options(&sweep)).expect("a driver");
+    let setup = setup();
+    let (driver, postgres) = (&setup.driver, &setup.postgres);
     let (password_a, password_b) = (
         driver::generate_password().expect("a password"),
         driver::generate_password().expect("a password"),
@@ -444,16 +460,11 @@ async fn one_instance_cannot_reach_another_instances_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_made_by_hand_is_observed_and_repaired() {
-    images();
-    let sweep = Sweep::new();
-    let postgres = Postgres::start();
-    let backups = tempfile::tempdir().expect("a temporary folder");
-    let driver =
-        Driver::new(&region(&postgres, backups.path()), options(&sweep)).expect("a driver");
-    let password = driver::generate_password().expect("a password");
+    let setup = setup();
+    let (driver, password) = (&setup.driver, &setup.password);
     let target = target("drift", "1.0.0");
     driver
-        .provision(&target, &password)
+        .provision(&target, password)
         .await
         .expect("provisioned");
 
@@ -491,10 +502,7 @@ async fn drift_made_by_hand_is_observed_and_repaired() {
     );
 
     // Provisioning again repairs what was changed by hand.
-    driver
-        .provision(&target, &password)
-        .await
-        .expect("repaired");
+    driver.provision(&target, password).await.expect("repaired");
     assert!(driver.observe(&target).await.expect("observed").is_empty());
     assert!(
         driver
@@ -561,44 +569,39 @@ async fn unreachable_parts_are_named_and_nothing_is_left_half_made() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provision_cut_off_at_any_step_is_finished_by_the_next() {
-    images();
-    let sweep = Sweep::new();
-    let postgres = Postgres::start();
-    let backups = tempfile::tempdir().expect("a temporary folder");
-    let driver =
-        Driver::new(&region(&postgres, backups.path()), options(&sweep)).expect("a driver");
-    let password = driver::generate_password().expect("a password");
+    let setup = setup();
+    let (driver, postgres, password) = (&setup.driver, &setup.postgres, &setup.password);
     let target = target("resumed", "1.0.0");
 
     // Cut off after the database: nothing runs yet.
     driver.allocate("resumed").await.expect("allocated");
     driver
-        .database("resumed", &password)
+        .database("resumed", password)
         .await
         .expect("a database");
     // Cut off with the app stopped, the worker gone, and the smoke test's item made but not
     // deleted.
     driver
-        .containers(&target, &password)
+        .containers(&target, password)
         .await
         .expect("containers");
     driver.migrations(&target).await.expect("migrated");
-    add_item(&postgres, "resumed", "wakafleet smoke test").await;
+    add_item(postgres, "resumed", "wakafleet smoke test").await;
     let docker = |args: &[&str]| Command::new("docker").args(args).output().expect("docker");
     docker(&["rm", "-f", "wakafleet-resumed-worker"]);
     docker(&["stop", "wakafleet-resumed-app"]);
 
     driver
-        .provision(&target, &password)
+        .provision(&target, password)
         .await
         .expect("the next provision finishes");
     assert!(driver.observe(&target).await.expect("observed").is_empty());
     assert!(
-        items(&postgres, "resumed").await.is_empty(),
+        items(postgres, "resumed").await.is_empty(),
         "the smoke test's leftover is gone"
     );
     assert_eq!(
-        migrations(&postgres, "resumed").await,
+        migrations(postgres, "resumed").await,
         vec!["0000_base", "0001_items_index"]
     );
 }
@@ -645,31 +648,6 @@ async fn instance_passwords_are_kept_encrypted_in_the_store() {
     );
 }
 
-/// A driver on a new throwaway server, and what the test needs to keep alive beside it.
-struct Setup {
-    driver: Driver,
-    postgres: Postgres,
-    password: String,
-    _backups: tempfile::TempDir,
-    _sweep: Sweep,
-}
-
-fn setup() -> Setup {
-    images();
-    let sweep = Sweep::new();
-    let postgres = Postgres::start();
-    let backups = tempfile::tempdir().expect("a temporary folder");
-    let driver =
-        Driver::new(&region(&postgres, backups.path()), options(&sweep)).expect("a driver");
-    Setup {
-        driver,
-        postgres,
-        password: driver::generate_password().expect("a password"),
-        _backups: backups,
-        _sweep: sweep,
-    }
-}
-
 impl Setup {
     /// Provisions `instance` at `version` with one item.
     async fn instance(&self, instance: &str, version: &str) -> Target {
@@ -680,6 +658,41 @@ impl Setup {
             .unwrap_or_else(|error| panic!("provision {instance}: {error}"));
         add_item(&self.postgres, instance, "keep me").await;
         target
+    }
+
+    /// Leaves the instance as an upgrade to `to` cut off after its containers changed: a
+    /// backup labelled as taken before it at `time`, maintenance on, `to` running and
+    /// migrated. Returns the backup.
+    async fn cut_off_upgrade(&self, to: &Target, time: &str) -> driver::database::Backup {
+        let instance = &to.instance;
+        let backup = self
+            .driver
+            .backup(instance, &format!("{time}-before-{}", to.version))
+            .await
+            .expect("a backup");
+        self.driver
+            .server
+            .set_maintenance(&database_name(instance), true)
+            .await
+            .expect("maintenance");
+        self.driver
+            .containers(to, &self.password)
+            .await
+            .expect("containers");
+        self.driver.migrations(to).await.expect("migrated");
+        backup
+    }
+
+    /// Upgrades `from` to `to`, cut off after `cut_ms`, then runs the whole upgrade again.
+    async fn cut_and_upgrade(
+        &self,
+        from: &Target,
+        to: &Target,
+        cut_ms: u64,
+    ) -> Result<driver::database::Backup, Error> {
+        let cut = std::time::Duration::from_millis(cut_ms);
+        let _ = tokio::time::timeout(cut, self.driver.upgrade(from, to, &self.password)).await;
+        self.driver.upgrade(from, to, &self.password).await
     }
 
     /// The instance runs `target`'s image, healthy, with its migrations and the item, and
@@ -744,20 +757,9 @@ async fn an_upgrade_cut_off_after_its_containers_changed_resumes_from_its_backup
 
     // Cut off with 1.1.0 running, migrated and in maintenance: the next run keeps the
     // backup taken before it.
-    let before = driver
-        .backup("cut", "20260101T000000.000000Z-before-1.1.0")
-        .await
-        .expect("a backup");
-    driver
-        .server
-        .set_maintenance(&database_name("cut"), true)
-        .await
-        .expect("maintenance");
-    driver
-        .containers(&v1_1, password)
-        .await
-        .expect("containers");
-    driver.migrations(&v1_1).await.expect("migrated");
+    let before = setup
+        .cut_off_upgrade(&v1_1, "20260101T000000.000000Z")
+        .await;
     let resumed = driver
         .upgrade(&v1, &v1_1, password)
         .await
@@ -769,20 +771,9 @@ async fn an_upgrade_cut_off_after_its_containers_changed_resumes_from_its_backup
     // containers suspended. The next run fails again and restores the backup from before
     // 1.2.0, not one of the half-upgraded database.
     let broken = target("cut", "1.2.0");
-    let before = driver
-        .backup("cut", "20260102T000000.000000Z-before-1.2.0")
-        .await
-        .expect("a backup");
-    driver
-        .server
-        .set_maintenance(&database_name("cut"), true)
-        .await
-        .expect("maintenance");
-    driver
-        .containers(&broken, password)
-        .await
-        .expect("containers");
-    driver.migrations(&broken).await.expect("migrated");
+    let before = setup
+        .cut_off_upgrade(&broken, "20260102T000000.000000Z")
+        .await;
     driver.suspend("cut").await.expect("suspended");
     let error = driver
         .upgrade(&v1_1, &broken, password)
@@ -798,19 +789,15 @@ async fn an_upgrade_cut_off_after_its_containers_changed_resumes_from_its_backup
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_cut_off_at_any_moment_ends_upgraded_or_rolled_back_by_the_next_run() {
     let setup = setup();
-    let driver = &setup.driver;
     // Cuts spread over the upgrade (backup, containers, migrations, health) and, for the
     // broken release, over its rollback (which starts once it has been unhealthy for 3 s).
     for (n, cut_ms) in [50_u64, 300, 700, 1_200].into_iter().enumerate() {
         let instance = format!("up-{n}");
         let from = setup.instance(&instance, "1.0.0").await;
         let to = target(&instance, "1.1.0");
-        let cut = std::time::Duration::from_millis(cut_ms);
-        let _ = tokio::time::timeout(cut, driver.upgrade(&from, &to, &setup.password)).await;
-        driver
-            .upgrade(&from, &to, &setup.password)
-            .await
-            .unwrap_or_else(|error| panic!("cut at {cut_ms} ms: {error}"));
+        if let Err(error) = setup.cut_and_upgrade(&from, &to, cut_ms).await {
+            panic!("cut at {cut_ms} ms: {error}");
+        }
         setup
             .assert_at(&to, &format!("upgrade cut at {cut_ms} ms"))
             .await;
@@ -819,10 +806,8 @@ async fn an_upgrade_cut_off_at_any_moment_ends_upgraded_or_rolled_back_by_the_ne
         let instance = format!("down-{n}");
         let from = setup.instance(&instance, "1.1.0").await;
         let to = target(&instance, "1.2.0");
-        let cut = std::time::Duration::from_millis(cut_ms);
-        let _ = tokio::time::timeout(cut, driver.upgrade(&from, &to, &setup.password)).await;
-        let error = driver
-            .upgrade(&from, &to, &setup.password)
+        let error = setup
+            .cut_and_upgrade(&from, &to, cut_ms)
             .await
             .expect_err("1.2.0 is unhealthy");
         assert!(

@@ -755,11 +755,22 @@ async fn an_upgrade_cut_off_after_its_containers_changed_resumes_from_its_backup
     let v1 = setup.instance("cut", "1.0.0").await;
     let v1_1 = target("cut", "1.1.0");
 
-    // Cut off with 1.1.0 running, migrated and in maintenance: the next run keeps the
-    // backup taken before it.
-    let before = setup
-        .cut_off_upgrade(&v1_1, "20260101T000000.000000Z")
-        .await;
+    // Cut off with the worker already at 1.1.0 (which migrated the database) and the app
+    // still at 1.0.0, in maintenance: the next run keeps the backup taken before.
+    let before = driver
+        .backup("cut", "20260101T000000.000000Z-before-1.1.0")
+        .await
+        .expect("a backup");
+    driver
+        .server
+        .set_maintenance(&database_name("cut"), true)
+        .await
+        .expect("maintenance");
+    driver
+        .container(&v1_1, Role::Worker, password)
+        .await
+        .expect("the worker");
+    driver.migrations(&v1_1).await.expect("migrated");
     let resumed = driver
         .upgrade(&v1, &v1_1, password)
         .await

@@ -438,13 +438,22 @@ impl Driver {
 
     /// containers: app and worker as the target says, replacing any that differ.
     pub async fn containers(&self, target: &Target, password: &str) -> Result<(), Error> {
-        let app = self.spec(target, Role::App, password)?;
-        let worker = self.spec(target, Role::Worker, password)?;
         tokio::try_join!(
-            self.engine.ensure_running(&app),
-            self.engine.ensure_running(&worker)
+            self.container(target, Role::App, password),
+            self.container(target, Role::Worker, password)
         )?;
         Ok(())
+    }
+
+    /// One of the containers as the target says, replacing one that differs.
+    pub async fn container(
+        &self,
+        target: &Target,
+        role: Role,
+        password: &str,
+    ) -> Result<(), Error> {
+        let spec = self.spec(target, role, password)?;
+        self.engine.ensure_running(&spec).await
     }
 
     /// migrations: the release's containers apply its migrations as they start; this waits
@@ -734,8 +743,8 @@ impl Driver {
     /// after the backup, the old image comes back and the backup is restored, and the error
     /// says so.
     ///
-    /// Run again after a crash, it resumes: while the app still runs `from`, nothing has
-    /// changed but maintenance and a fresh backup is taken; once the containers were touched,
+    /// Run again after a crash, it resumes: while both containers still run `from`, nothing
+    /// has changed but maintenance and a fresh backup is taken; once a container was touched,
     /// the newest complete backup taken before this upgrade is the one kept for a rollback.
     pub async fn upgrade(
         &self,
@@ -778,18 +787,22 @@ impl Driver {
         }
     }
 
-    /// The backup an upgrade rolls back to: a new one while the app still runs `from`, else
-    /// (an upgrade cut off after it touched the containers) the one that upgrade took.
+    /// The backup an upgrade rolls back to: a new one while both containers still run `from`,
+    /// else (an upgrade cut off after it touched them, and a new container may have migrated
+    /// the database) the one that upgrade took.
     async fn upgrade_backup(&self, from: &Target, to: &Target) -> Result<Backup, Error> {
         let instance = &to.instance;
-        let app = self
-            .engine
-            .container(&container_name(instance, Role::App.as_str()))
-            .await?;
-        let untouched = app.is_some_and(|app| {
-            app.labels.get(labels::RELEASE) == Some(&from.version.to_string())
-                && app.image == from.image
-        });
+        let mut untouched = true;
+        for role in Role::ALL {
+            let view = self
+                .engine
+                .container(&container_name(instance, role.as_str()))
+                .await?;
+            untouched &= view.is_some_and(|view| {
+                view.labels.get(labels::RELEASE) == Some(&from.version.to_string())
+                    && view.image == from.image
+            });
+        }
         if !untouched {
             let folder = self.backups_folder(instance);
             let suffix = format!("-before-{}.dump", to.version);

@@ -26,7 +26,10 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::postgres::{PASSWORD, Postgres};
+use common::{
+    postgres::{PASSWORD, Postgres},
+    stdout_of_success,
+};
 
 const TEST_LABEL: &str = "org.wakafleet.test";
 /// Run ids start with this; the process id follows.
@@ -124,7 +127,7 @@ fn build_images(images: &Images) {
     let binary = env!("CARGO_BIN_EXE_demo-platform");
     let output = build(binary);
     assert_eq!(
-        stdout(&output),
+        stdout_of_success(&output),
         format!(
             "1.0.0 {}: built\n1.1.0 {}: built (fails its health check)\n",
             images.of("1.0.0"),
@@ -133,11 +136,11 @@ fn build_images(images: &Images) {
     );
     let output = build(binary);
     assert!(
-        stdout(&output)
+        stdout_of_success(&output)
             .lines()
             .all(|line| line.contains("up to date")),
         "{}",
-        stdout(&output)
+        stdout_of_success(&output)
     );
     let missing = build("/nonexistent/demo-platform");
     assert_eq!(missing.status.code(), Some(1));
@@ -526,17 +529,6 @@ fn unique() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_nanos() % 1_000_000_000)
         .unwrap_or_default()
-}
-
-fn stdout(output: &std::process::Output) -> String {
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Starts containers of this run against one database.

@@ -6,24 +6,13 @@ mod common;
 
 use std::path::Path;
 
-use common::{postgres::Postgres, wakafleet, write};
+use common::{postgres::Postgres, stdout_of_success, wakafleet, write};
 use wakafleet::{load::Limits, plan, source, validate};
 
 const AT: &str = "2026-01-15T12:00:00Z";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ok(output: &std::process::Output) -> String {
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// A snapshot of the example fleet's converged state with one instance a release behind.
@@ -48,14 +37,14 @@ fn snapshot_file(dir: &Path) -> String {
 fn plan_json(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["plan", "fleet", "--at", AT, "--format", "json"];
     all.extend_from_slice(args);
-    serde_json::from_str(&ok(&wakafleet(root(), &all))).expect("JSON")
+    serde_json::from_str(&stdout_of_success(&wakafleet(root(), &all))).expect("JSON")
 }
 
 /// Imports the snapshot into `store`, then checks the store gives the plan the snapshot
 /// gives, that export gives the snapshot back, and that the import is in the audit log.
 fn state_round_trip(store: &str, dir: &Path) {
     let file = snapshot_file(dir);
-    let imported = ok(&wakafleet(
+    let imported = stdout_of_success(&wakafleet(
         dir,
         &["state", "import", &file, "--store", store],
     ));
@@ -66,13 +55,13 @@ fn state_round_trip(store: &str, dir: &Path) {
     assert_eq!(from_store["actions"], from_file["actions"]);
     assert_eq!(from_store["actions"].as_array().map(Vec::len), Some(1));
 
-    let exported = ok(&wakafleet(dir, &["state", "export", "--store", store]));
+    let exported = stdout_of_success(&wakafleet(dir, &["state", "export", "--store", store]));
     let exported: serde_json::Value = serde_json::from_str(&exported).expect("JSON");
     let original: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("JSON");
     assert_eq!(exported, original);
 
-    let query = ok(&wakafleet(
+    let query = stdout_of_success(&wakafleet(
         dir,
         &[
             "audit",
@@ -135,7 +124,7 @@ fn commands_that_read_refuse_a_missing_store() {
 fn imports(store: &str, dir: &Path, count: usize) {
     let file = snapshot_file(dir);
     for _ in 0..count {
-        ok(&wakafleet(
+        stdout_of_success(&wakafleet(
             dir,
             &["state", "import", &file, "--store", store],
         ));
@@ -150,7 +139,7 @@ fn audit_verify_checkpoint_query_and_export() {
     imports(&store, dir.path(), 3);
 
     // A key pair, and a checkpoint signed with it.
-    let keys = ok(&wakafleet(dir.path(), &["audit", "keygen"]));
+    let keys = stdout_of_success(&wakafleet(dir.path(), &["audit", "keygen"]));
     let secret = keys
         .lines()
         .find_map(|line| line.strip_prefix("WAKAFLEET_AUDIT_KEY="))
@@ -175,7 +164,7 @@ fn audit_verify_checkpoint_query_and_export() {
         .env("AUDIT_KEY", secret)
         .output()
         .expect("run checkpoint");
-    assert!(ok(&signed).contains("signed record 3"));
+    assert!(stdout_of_success(&signed).contains("signed record 3"));
     let literal = wakafleet(
         dir.path(),
         &[
@@ -212,7 +201,7 @@ fn audit_verify_checkpoint_query_and_export() {
     );
 
     // Another key's checkpoints are refused.
-    let other_keys = ok(&wakafleet(dir.path(), &["audit", "keygen"]));
+    let other_keys = stdout_of_success(&wakafleet(dir.path(), &["audit", "keygen"]));
     let other_public = other_keys
         .lines()
         .find_map(|line| line.strip_prefix("public key: "))
@@ -234,12 +223,12 @@ fn audit_verify_checkpoint_query_and_export() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("not by the trusted key"));
 
     // Queries page with a cursor.
-    let page = ok(&wakafleet(
+    let page = stdout_of_success(&wakafleet(
         dir.path(),
         &["audit", "query", "--store", &store, "--limit", "2"],
     ));
     assert!(page.contains("more: run again with --after 2"), "{page}");
-    let rest = ok(&wakafleet(
+    let rest = stdout_of_success(&wakafleet(
         dir.path(),
         &[
             "audit", "query", "--store", &store, "--limit", "2", "--after", "2",
@@ -249,7 +238,7 @@ fn audit_verify_checkpoint_query_and_export() {
     assert!(rest.trim_start().starts_with('3'), "{rest}");
 
     // Exports: one NDJSON line and one CSV row per record, the hashes those of the chain.
-    let ndjson = ok(&wakafleet(
+    let ndjson = stdout_of_success(&wakafleet(
         dir.path(),
         &["audit", "export", "--format", "ndjson", "--store", &store],
     ));
@@ -260,7 +249,7 @@ fn audit_verify_checkpoint_query_and_export() {
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
     assert_eq!(lines[2]["seq"], 3);
-    let csv = ok(&wakafleet(
+    let csv = stdout_of_success(&wakafleet(
         dir.path(),
         &["audit", "export", "--format", "csv", "--store", &store],
     ));

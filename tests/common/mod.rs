@@ -41,6 +41,19 @@ pub fn minimal_fleet() -> tempfile::TempDir {
     dir
 }
 
+/// The standard output of a command that must have exited 0; otherwise the test fails with
+/// both of its outputs.
+pub fn stdout_of_success(output: &Output) -> String {
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Runs `wakafleet` with `args` in `cwd`, failing the test if it runs longer than 60 s.
 pub fn wakafleet(cwd: &Path, args: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wakafleet"))

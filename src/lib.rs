@@ -7,6 +7,7 @@ pub mod model;
 pub mod load;
 pub mod validate;
 pub mod policy;
+pub mod backups;
 pub mod plan;
 pub mod parallel;
 

@@ -1,11 +1,11 @@
 //! The core does no I/O and reads no clock: `diag`, `model`, `load`, `validate`, `policy`,
-//! `plan` and `parallel` import no async runtime,
+//! `backups`, `plan` and `parallel` import no async runtime,
 //! database, container, network or git crate, and do not touch the file system.
 
 use std::path::Path;
 
 const CORE: &[&str] = &[
-    "diag", "model", "load", "validate", "policy", "plan", "parallel",
+    "diag", "model", "load", "validate", "policy", "backups", "plan", "parallel",
 ];
 const FORBIDDEN: &[&str] = &[
     "tokio",
@@ -17,10 +17,70 @@ const FORBIDDEN: &[&str] = &[
     "std::fs",
     "std::net",
     "std::process",
+    "std::env",
     "Utc::now",
     "SystemTime",
     "Instant::now",
 ];
+
+/// Modules of `std` the core must not use, however the `use` is spelled.
+const FORBIDDEN_STD: &[&str] = &["fs", "net", "process", "env"];
+
+/// The first segment of every path a `use std::...;` statement of `text` imports, across
+/// lines and nested groups: `use std::{fs, collections::BTreeMap};` gives `fs` and
+/// `collections`.
+fn std_imports(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("use std::") {
+        let statement = &rest[start + "use std::".len()..];
+        let end = statement.find(';').unwrap_or(statement.len());
+        let compact: String = statement[..end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        match compact
+            .strip_prefix('{')
+            .and_then(|group| group.strip_suffix('}'))
+        {
+            Some(group) => {
+                // Split the group at its top-level commas only.
+                let mut depth = 0;
+                let mut item = String::new();
+                for c in group.chars().chain([',']) {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            found.push(first_segment(&item));
+                            item.clear();
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    item.push(c);
+                }
+            }
+            None => found.push(first_segment(&compact)),
+        }
+        rest = &statement[end..];
+    }
+    found.retain(|segment| !segment.is_empty());
+    found
+}
+
+fn first_segment(path: &str) -> String {
+    path.split(|c: char| c == ':' || c == '{' || c == ' ')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn use_groups_are_taken_apart() {
+    let text = "use std::{\n    fs,\n    collections::{BTreeMap, HashMap},\n};\nuse std::env::var;\nuse std::fmt;";
+    assert_eq!(std_imports(text), ["fs", "collections", "env", "fmt"]);
+}
 
 fn rust_files(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read source folder") {
@@ -61,6 +121,11 @@ fn the_core_does_no_io() {
                 if line.contains(name) {
                     offences.push(format!("{}:{}: {name}", file.display(), number + 1));
                 }
+            }
+        }
+        for module in std_imports(&text) {
+            if FORBIDDEN_STD.contains(&module.as_str()) {
+                offences.push(format!("{}: use std::{module}", file.display()));
             }
         }
     }

@@ -16,7 +16,9 @@ use sqlx::Connection;
 use common::{postgres::Postgres, write};
 use wakafleet::{
     driver::{self, Drift, Driver, Error, Options, Region, Role, Target, database_name},
+    load::{Content, Input, Limits},
     model::{ByteSize, Cpu, Resources},
+    plan, validate,
 };
 
 const IMAGE: &str = "wakafleet-test-driver/demo-platform";
@@ -152,6 +154,87 @@ fn target(instance: &str, version: &str) -> Target {
         environment: BTreeMap::from([("WEBWAKA_SUITES".to_string(), "commerce".to_string())]),
         secrets: BTreeMap::new(),
     }
+}
+
+/// What the plan says of `instance` when its file changes from `base` to `head` (extra
+/// lines of the instance file) in a fleet whose region keeps its backups in `backups`: the
+/// reason of its one action.
+fn planned_reason(backups: &Path, instance: &str, base: &str, head: &str) -> String {
+    let fleet = |extra: &str| {
+        let settings = common::FLEET_TOML.replace(
+            "backups = \"/var/lib/wakafleet/backups/ng-lagos\"",
+            &format!("backups = {:?}", backups.display().to_string()),
+        );
+        let mut files = vec![
+            ("fleet.toml".to_string(), settings),
+            (
+                "partners/p.toml".into(),
+                "id = \"p\"\nname = \"P\"\nemail = \"o@p.example\"\n".into(),
+            ),
+            (
+                "channels/m.toml".into(),
+                "name = \"m\"\nmode = \"manual-approval\"\n".into(),
+            ),
+            (
+                format!("instances/{instance}.toml"),
+                format!(
+                    "name = \"{instance}\"\ntype = \"shared-saas\"\npartner = \"p\"\nregion = \"ng-lagos\"\ndata_residency = [\"NG\"]\nchannel = \"m\"\nsize = \"small\"\n{extra}"
+                ),
+            ),
+        ];
+        for (version, from) in [("1.0.0", None), ("1.1.0", Some(">=1.0.0, <1.1.0"))] {
+            let upgrade_from = from
+                .map(|from| format!("upgrade_from = \"{from}\"\n"))
+                .unwrap_or_default();
+            files.push((
+                format!("releases/{version}.toml"),
+                format!("version = \"{version}\"\nstatus = \"stable\"\nreleased = 2026-01-01\nimage = \"{IMAGE}:{version}\"\n{upgrade_from}"),
+            ));
+        }
+        let inputs = files
+            .into_iter()
+            .map(|(path, text)| Input {
+                path,
+                content: Content::Bytes(text.into_bytes()),
+            })
+            .collect();
+        validate::check(inputs, &Limits::default())
+    };
+    let actual = plan::converged_base(&fleet(base).fleet);
+    let mut head = fleet(head);
+    let desired = head
+        .take_valid()
+        .unwrap_or_else(|| panic!("{:#?}", head.diagnostics));
+    let at = "2026-01-07T12:00:00Z".parse().expect("a time");
+    let plan = plan::compute(&desired, &head.sources, &actual, at);
+    let [action] = &plan.actions[..] else {
+        panic!("one action for {instance}: {:#?}", plan.actions);
+    };
+    action.reason.clone()
+}
+
+/// Whether `file` is one of the paths `reason` promises: a path in it whose time is
+/// written as the pattern `YYYYMMDDTHHMMSS.ffffffZ`, checked here on its own, character by
+/// character, not through the code that wrote either.
+fn kept_promise(reason: &str, file: &Path) -> bool {
+    const TIME: &str = "YYYYMMDDTHHMMSS.ffffffZ";
+    let file = file.display().to_string();
+    reason
+        .split([' ', '(', ')', ';', ','])
+        .filter_map(|word| word.split_once(TIME))
+        .any(|(prefix, suffix)| {
+            let Some(time) = file
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(suffix))
+            else {
+                return false;
+            };
+            time.len() == TIME.len()
+                && time.chars().zip(TIME.chars()).all(|(c, p)| match p {
+                    'T' | '.' | 'Z' => c == p,
+                    _ => c.is_ascii_digit(),
+                })
+        })
 }
 
 fn options(sweep: &Sweep) -> Options {
@@ -394,7 +477,18 @@ async fn the_whole_life_of_one_instance() {
         .await
         .expect("terminated")
         .expect("a final backup");
-    assert!(last.path.is_file() && last.name.contains("final"));
+    assert!(last.path.is_file());
+    let promise = planned_reason(
+        setup._backups.path(),
+        "life",
+        "version = \"1.0.0\"\n",
+        "version = \"1.0.0\"\nstate = \"terminated\"\n",
+    );
+    assert!(
+        kept_promise(&promise, &last.path),
+        "the plan said: {promise}\nthe driver wrote {}",
+        last.path.display()
+    );
     for role in ["app", "worker"] {
         assert!(!exists("container", &format!("wakafleet-life-{role}")));
     }
@@ -829,4 +923,102 @@ async fn an_upgrade_cut_off_at_any_moment_ends_upgraded_or_rolled_back_by_the_ne
             .assert_at(&from, &format!("rollback cut at {cut_ms} ms"))
             .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downgrade_restores_the_backup_the_plan_names() {
+    let setup = setup();
+    let (driver, postgres, password) = (&setup.driver, &setup.postgres, &setup.password);
+    let v1 = setup.instance("down", "1.0.0").await;
+    let v1_1 = target("down", "1.1.0");
+    driver
+        .upgrade(&v1, &v1_1, password)
+        .await
+        .expect("upgraded");
+    add_item(postgres, "down", "written at 1.1.0").await;
+
+    let promise = planned_reason(
+        setup._backups.path(),
+        "down",
+        "version = \"1.1.0\"\n",
+        "version = \"1.0.0\"\nallow_downgrade = true\n",
+    );
+    let restored = driver
+        .downgrade(&v1_1, &v1, password)
+        .await
+        .expect("downgraded");
+    assert!(
+        kept_promise(&promise, &restored.path),
+        "the plan said: {promise}\nthe driver restored {}",
+        restored.path.display()
+    );
+    // The data as it was before the downgrade is kept where the plan said.
+    let kept: Vec<_> = std::fs::read_dir(restored.path.parent().expect("a folder"))
+        .expect("the backups folder")
+        .map(|entry| entry.expect("an entry").path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "dump")
+        })
+        .filter(|path| path.to_string_lossy().contains("downgrade"))
+        .collect();
+    assert!(
+        matches!(&kept[..], [one] if kept_promise(&promise, one)),
+        "the plan said: {promise}\nthe driver kept {kept:?}"
+    );
+    // "keep me" was written before the upgrade; the item written at 1.1.0 is gone.
+    setup.assert_at(&v1, "downgraded").await;
+
+    // Without a backup from before an upgrade there is nothing to restore: nothing changes.
+    let fresh = setup.instance("fresh", "1.1.0").await;
+    let error = driver
+        .downgrade(&fresh, &target("fresh", "1.0.0"), password)
+        .await
+        .expect_err("no backup to restore");
+    assert!(error.to_string().contains("holds none"), "{error}");
+    setup.assert_at(&fresh, "a downgrade refused").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_upgrade_with_an_unreadable_backups_folder_fails_without_a_new_backup() {
+    let setup = setup();
+    let (driver, password) = (&setup.driver, &setup.password);
+    let v1 = setup.instance("blind", "1.0.0").await;
+    let v1_1 = target("blind", "1.1.0");
+    // Cut off after the worker was replaced: the database may be half-migrated, so only the
+    // backup taken before may be used, and the folder that holds it cannot be read.
+    driver
+        .container(&v1_1, Role::Worker, password)
+        .await
+        .expect("the worker");
+    let folder = setup._backups.path().join("blind");
+    let _ = std::fs::remove_dir_all(&folder);
+    std::fs::write(&folder, "not a folder").expect("a file in the folder's place");
+    let error = driver
+        .upgrade(&v1, &v1_1, password)
+        .await
+        .expect_err("the backups folder cannot be read");
+    assert!(
+        error.to_string().contains("cannot read the backups folder"),
+        "{error}"
+    );
+    let dumps: Vec<_> = walk(setup._backups.path())
+        .into_iter()
+        .filter(|path| path.to_string_lossy().contains(".dump"))
+        .collect();
+    assert!(dumps.is_empty(), "no backup was taken: {dumps:?}");
+}
+
+/// Every file under `folder`.
+fn walk(folder: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(folder).expect("a folder").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

@@ -51,9 +51,11 @@ pub enum Format {
 /// A failure that stops a command; `main` prints it with its causes.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// Colours for text written to stdout.
+/// Colours for text written to stdout: only on a terminal, and never when `NO_COLOR` is
+/// set to a non-empty value (no-color.org).
 pub fn stdout_color() -> Color {
-    Color::for_terminal(std::io::stdout().is_terminal())
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    Color::for_terminal(std::io::stdout().is_terminal(), no_color)
 }
 
 /// Writes to stdout; a closed pipe (`wakafleet validate | head`) is not an error.

@@ -17,9 +17,9 @@ pub enum Color {
 }
 
 impl Color {
-    /// Colour only on a terminal, and never when `NO_COLOR` is set to a non-empty value.
-    pub fn for_terminal(is_terminal: bool) -> Color {
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    /// Colour only on a terminal, and never when the user asked for none (the CLI reads
+    /// `NO_COLOR`; the core reads no environment).
+    pub fn for_terminal(is_terminal: bool, no_color: bool) -> Color {
         if is_terminal && !no_color {
             Color::Always
         } else {

@@ -10,7 +10,7 @@ use std::{
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
 
-use crate::driver::Error;
+use crate::{backups, driver::Error};
 
 /// A PostgreSQL URL taken apart: `postgres://USER:PASSWORD@HOST:PORT/DATABASE`.
 #[derive(Clone, PartialEq, Eq)]
@@ -258,7 +258,7 @@ impl Server {
         connection.close().await.map_err(|e| self.error(e))
     }
 
-    /// Dumps `database` into `folder` as `<label>.dump` with its checksum beside it
+    /// Dumps `database` into `folder` as `<label>.dump` ([`backups::named`]) with its checksum beside it
     /// (`<label>.dump.sha256`), written to a temporary name first so a crash leaves no
     /// half-written backup under the final name.
     pub async fn backup(
@@ -274,7 +274,7 @@ impl Server {
                 folder.display()
             ))
         })?;
-        let name = format!("{label}.dump");
+        let name = backups::named(label);
         let path = folder.join(&name);
         let partial = folder.join(format!("{name}.partial"));
         self.pg_tool(
@@ -306,22 +306,39 @@ impl Server {
         })
     }
 
-    /// The newest complete backup of `folder` (its checksum written) whose name ends with
-    /// `suffix`; backup names start with their time, so the newest sorts last.
-    pub async fn latest_backup(&self, folder: &Path, suffix: &str) -> Option<String> {
-        let mut entries = tokio::fs::read_dir(folder).await.ok()?;
+    /// The newest complete backup of `folder` (its checksum written) for `purpose`; backup
+    /// names start with their time, so the newest sorts last. A folder that does not exist
+    /// holds none; one that cannot be read is an error, never "none": the caller would take
+    /// a new backup in place of the one it is looking for.
+    pub async fn latest_backup(
+        &self,
+        folder: &Path,
+        purpose: backups::Purpose<'_>,
+    ) -> Result<Option<String>, Error> {
+        let unreadable = |error: std::io::Error| {
+            Error::Invalid(format!(
+                "region `{}`: cannot read the backups folder {}: {error}",
+                self.region,
+                folder.display()
+            ))
+        };
+        let mut entries = match tokio::fs::read_dir(folder).await {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(unreadable(error)),
+        };
         let mut newest: Option<String> = None;
-        while let Ok(Some(entry)) = entries.next_entry().await {
+        while let Some(entry) = entries.next_entry().await.map_err(unreadable)? {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let complete = name.ends_with(suffix)
-                && tokio::fs::try_exists(folder.join(format!("{name}.sha256")))
-                    .await
-                    .unwrap_or(false);
-            if complete && newest.as_ref().is_none_or(|newest| *newest < name) {
+            if !backups::is_for(&name, purpose) || newest.as_ref().is_some_and(|n| *n >= name) {
+                continue;
+            }
+            let checksum = folder.join(format!("{name}.sha256"));
+            if tokio::fs::try_exists(&checksum).await.map_err(unreadable)? {
                 newest = Some(name);
             }
         }
-        newest
+        Ok(newest)
     }
 
     /// The migrations `schema_migrations` records (none before the first).

@@ -36,7 +36,7 @@ use std::{
 use semver::Version;
 use sha2::{Digest, Sha256};
 
-use crate::model::Resources;
+use crate::{backups, model::Resources};
 use database::{Backup, Server, ServerUrl};
 use engine::{ContainerSpec, Engine};
 
@@ -44,14 +44,14 @@ use engine::{ContainerSpec, Engine};
 /// endpoint (never a password).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("region `{region}`: the Docker engine at {endpoint} failed: {source}")]
+    #[error("region `{region}`: the Docker engine at {endpoint} failed")]
     Docker {
         region: String,
         endpoint: String,
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("region `{region}`: the PostgreSQL server at {endpoint} failed: {source}")]
+    #[error("region `{region}`: the PostgreSQL server at {endpoint} failed")]
     Database {
         region: String,
         endpoint: String,
@@ -274,11 +274,6 @@ fn nano_cpus(resources: Resources) -> i64 {
         .saturating_mul(1_000_000)
 }
 
-/// A backup label for now, sortable: `20260115T120000.123456Z`.
-fn now_label() -> String {
-    chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ").to_string()
-}
-
 /// A new database password: 32 random bytes in hex.
 pub fn generate_password() -> Result<String, Error> {
     let mut bytes = [0; 32];
@@ -338,7 +333,7 @@ impl Driver {
     }
 
     fn backups_folder(&self, instance: &str) -> PathBuf {
-        self.region.backups.join(instance)
+        backups::folder(&self.region.backups, instance)
     }
 
     /// The URL the instance's containers use: its own role and database.
@@ -704,15 +699,25 @@ impl Driver {
         self.health(&target.instance).await
     }
 
-    /// Backs the instance's database up into the region's backups folder.
-    pub async fn backup(&self, instance: &str, label: &str) -> Result<Backup, Error> {
+    /// Backs the instance's database up into its backups folder as `<name>.dump`.
+    pub async fn backup(&self, instance: &str, name: &str) -> Result<Backup, Error> {
         self.server
             .backup(
                 &database_name(instance),
                 &self.backups_folder(instance),
-                label,
+                name,
             )
             .await
+    }
+
+    /// Backs the instance's database up for `purpose`, named as [`backups`] says.
+    async fn backup_for(
+        &self,
+        instance: &str,
+        purpose: backups::Purpose<'_>,
+    ) -> Result<Backup, Error> {
+        let label = backups::label(purpose, chrono::Utc::now());
+        self.backup(instance, &label).await
     }
 
     /// Restores a named backup: the containers stop, the database is replaced, the
@@ -738,10 +743,9 @@ impl Driver {
         Ok(backup)
     }
 
-    /// Upgrades (or downgrades) from `from` to `to`: backup, maintenance, new containers
-    /// (which apply the new migrations), migrations, health and smoke test. On any failure
-    /// after the backup, the old image comes back and the backup is restored, and the error
-    /// says so.
+    /// Upgrades from `from` to `to`: backup, maintenance, new containers (which apply the
+    /// new migrations), migrations, health and smoke test. On any failure after the backup,
+    /// the old image comes back and the backup is restored, and the error says so.
     ///
     /// Run again after a crash, it resumes: while both containers still run `from`, nothing
     /// has changed but maintenance and a fresh backup is taken; once a container was touched,
@@ -753,11 +757,70 @@ impl Driver {
         password: &str,
     ) -> Result<Backup, Error> {
         self.validate(to).await?;
+        let backup = self
+            .kept_backup(from, to, backups::Purpose::Before(&to.version))
+            .await?;
+        self.change_version(from, to, password, &backup, None)
+            .await?;
+        Ok(backup)
+    }
+
+    /// Downgrades from `from` to `to`, as the plan promises: the database as it is now is
+    /// kept first (`<time>-before-downgrade-to-<to>.dump`), then the newest backup taken
+    /// before the upgrade to `from` (`<time>-before-<from>.dump`) is restored under `to`'s
+    /// containers, so data written since that backup leaves the instance. Without such a
+    /// backup nothing is changed. On any failure the kept backup and `from` come back.
+    /// Returns the restored backup.
+    pub async fn downgrade(
+        &self,
+        from: &Target,
+        to: &Target,
+        password: &str,
+    ) -> Result<Backup, Error> {
+        self.validate(to).await?;
+        let folder = self.backups_folder(&to.instance);
+        let purpose = backups::Purpose::Before(&from.version);
+        let Some(name) = self.server.latest_backup(&folder, purpose).await? else {
+            return Err(Error::Invalid(format!(
+                "instance `{}`: a downgrade to {} restores the backup taken before the upgrade to {}, and {} holds none ({}); nothing was changed",
+                to.instance,
+                to.version,
+                from.version,
+                folder.display(),
+                backups::pattern(purpose)
+            )));
+        };
+        let restored = self.server.checked_backup(&folder, &name).await?;
+        let kept = self
+            .kept_backup(from, to, backups::Purpose::BeforeDowngradeTo(&to.version))
+            .await?;
+        self.change_version(from, to, password, &kept, Some(&restored))
+            .await?;
+        Ok(restored)
+    }
+
+    /// Takes `from` to `to` under maintenance: with `restore`, that backup replaces the
+    /// database first. Rolls back to `from` with `kept` on any failure.
+    async fn change_version(
+        &self,
+        from: &Target,
+        to: &Target,
+        password: &str,
+        kept: &Backup,
+        restore: Option<&Backup>,
+    ) -> Result<(), Error> {
         let instance = &to.instance;
         let database = database_name(instance);
-        let backup = self.upgrade_backup(from, to).await?;
+        let folder = self.backups_folder(instance);
         self.server.set_maintenance(&database, true).await?;
         let attempt = async {
+            if let Some(backup) = restore {
+                self.suspend(instance).await?;
+                self.server
+                    .restore(&database, &folder, &backup.name)
+                    .await?;
+                self.server.set_maintenance(&database, true).await?;
+            }
             self.containers(to, password).await?;
             self.migrations(to).await?;
             self.health(instance).await?;
@@ -765,32 +828,35 @@ impl Driver {
             self.smoke(instance).await
         }
         .await;
-        match attempt {
-            Ok(()) => Ok(backup),
-            Err(cause) => {
-                tracing::warn!(instance, %cause, "upgrade failed; rolling back");
-                self.suspend(instance).await?;
-                self.server
-                    .restore(&database, &self.backups_folder(instance), &backup.name)
-                    .await?;
-                self.containers(from, password).await?;
-                self.migrations(from).await?;
-                self.health(instance).await?;
-                self.server.set_maintenance(&database, false).await?;
-                Err(Error::RolledBack {
-                    from: from.version.clone(),
-                    to: to.version.clone(),
-                    backup: backup.name,
-                    cause: Box::new(cause),
-                })
-            }
-        }
+        let Err(cause) = attempt else {
+            return Ok(());
+        };
+        tracing::warn!(instance, error = %cause, "version change failed; rolling back");
+        self.suspend(instance).await?;
+        self.server.restore(&database, &folder, &kept.name).await?;
+        self.containers(from, password).await?;
+        self.migrations(from).await?;
+        self.health(instance).await?;
+        self.server.set_maintenance(&database, false).await?;
+        Err(Error::RolledBack {
+            from: from.version.clone(),
+            to: to.version.clone(),
+            backup: kept.name.clone(),
+            cause: Box::new(cause),
+        })
     }
 
-    /// The backup an upgrade rolls back to: a new one while both containers still run `from`,
-    /// else (an upgrade cut off after it touched them, and a new container may have migrated
-    /// the database) the one that upgrade took.
-    async fn upgrade_backup(&self, from: &Target, to: &Target) -> Result<Backup, Error> {
+    /// The backup a version change rolls back to: a new one while both containers still run
+    /// `from`, else (a change cut off after it touched them, and a new container may have
+    /// migrated the database) the newest one for `purpose`, which that change took. A
+    /// backups folder that cannot be read fails here: a new backup then could be of a
+    /// half-migrated database.
+    async fn kept_backup(
+        &self,
+        from: &Target,
+        to: &Target,
+        purpose: backups::Purpose<'_>,
+    ) -> Result<Backup, Error> {
         let instance = &to.instance;
         let mut untouched = true;
         for role in Role::ALL {
@@ -805,14 +871,12 @@ impl Driver {
         }
         if !untouched {
             let folder = self.backups_folder(instance);
-            let suffix = format!("-before-{}.dump", to.version);
-            if let Some(name) = self.server.latest_backup(&folder, &suffix).await {
-                tracing::info!(instance, backup = %name, "resuming an upgrade that was cut off");
+            if let Some(name) = self.server.latest_backup(&folder, purpose).await? {
+                tracing::info!(instance, backup = %name, "resuming a version change that was cut off");
                 return self.server.checked_backup(&folder, &name).await;
             }
         }
-        let label = format!("{}-before-{}", now_label(), to.version);
-        self.backup(instance, &label).await
+        self.backup_for(instance, purpose).await
     }
 
     /// Removes the instance after a final backup: containers, network, volume, database
@@ -822,10 +886,7 @@ impl Driver {
         self.server.ping().await?;
         let database = database_name(instance);
         let backup = if self.server.database_exists(&database).await? {
-            Some(
-                self.backup(instance, &format!("{}-final", now_label()))
-                    .await?,
-            )
+            Some(self.backup_for(instance, backups::Purpose::Final).await?)
         } else {
             None
         };

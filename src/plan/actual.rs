@@ -12,31 +12,9 @@ use semver::Version;
 use crate::{
     model::{Fleet, Instance, InstanceState, Resources},
     parallel,
-    plan::fields::{self, Fields},
+    plan::fields::{self, Fields, ResourceType},
     policy, validate,
 };
-
-/// The kinds of resource a plan acts on, in the order plans list them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ResourceType {
-    Partner,
-    Tenant,
-    Channel,
-    Release,
-    Instance,
-}
-
-impl ResourceType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResourceType::Partner => "partner",
-            ResourceType::Tenant => "tenant",
-            ResourceType::Channel => "channel",
-            ResourceType::Release => "release",
-            ResourceType::Instance => "instance",
-        }
-    }
-}
 
 /// The lifecycle state an instance is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

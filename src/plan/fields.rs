@@ -3,10 +3,29 @@
 
 use std::collections::BTreeMap;
 
-use crate::{
-    model::{Channel, Fleet, Instance, Partner, Release, Tenant},
-    plan::actual::ResourceType,
-};
+use crate::model::{Channel, Fleet, Instance, Partner, Release, Tenant};
+
+/// The kinds of resource a plan acts on, in the order plans list them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceType {
+    Partner,
+    Tenant,
+    Channel,
+    Release,
+    Instance,
+}
+
+impl ResourceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceType::Partner => "partner",
+            ResourceType::Tenant => "tenant",
+            ResourceType::Channel => "channel",
+            ResourceType::Release => "release",
+            ResourceType::Instance => "instance",
+        }
+    }
+}
 
 /// Field name to value as a fleet file would write it (lists as `a, b`).
 pub type Fields = BTreeMap<String, String>;

@@ -11,12 +11,13 @@ pub mod fields;
 pub mod render;
 pub mod snapshot;
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, path::Path};
 
 use chrono::{DateTime, Utc};
 use semver::Version;
 
 use crate::{
+    backups,
     diag::SourceMap,
     model::{Fleet, Instance},
     parallel,
@@ -24,8 +25,9 @@ use crate::{
     validate::{self, ValidFleet},
 };
 
-pub use actual::{Actual, ActualInstance, ResourceType, RunState, converged_base, effective_state};
+pub use actual::{Actual, ActualInstance, RunState, converged_base, effective_state};
 pub use fields::Fields;
+pub use fields::ResourceType;
 
 /// What an action does, in the order a plan lists the actions of one resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -329,20 +331,19 @@ fn instance_actions(
                 Kind::Suspend,
                 ResourceType::Instance,
                 name,
-                suspend_reason(fleet, instance),
+                suspend_reason(fleet, instance, file),
             ));
         }
         return Vec::new();
     };
     if state == RunState::Terminated {
-        let region = &fleet.settings.regions[&instance.region.value];
         actions.push(Action::new(
             Kind::Terminate,
             ResourceType::Instance,
             name,
             format!(
-                "state = \"terminated\" in {file}: a final backup is taken to {}/{name}-final.dump first, then its containers, network, volume, database and role are removed",
-                region.backups
+                "state = \"terminated\" in {file}: a final backup is taken to {} (its UTC start time) first, then its containers, network, volume, database and role are removed",
+                backup_path(fleet, instance, backups::Purpose::Final)
             ),
         ));
         return Vec::new();
@@ -353,7 +354,7 @@ fn instance_actions(
                 Kind::Suspend,
                 ResourceType::Instance,
                 name,
-                suspend_reason(fleet, instance),
+                suspend_reason(fleet, instance, file),
             ));
         }
         (RunState::Suspended, RunState::Active) => actions.push(Action::new(
@@ -408,6 +409,17 @@ fn instance_actions(
         };
         let reason = if advisory {
             decision.reason
+        } else if kind == Kind::Downgrade {
+            format!(
+                "{file}: {} (the newest {}; without one the downgrade fails and changes nothing; the database as it was is kept first, in {})",
+                decision.reason,
+                backup_path(fleet, instance, backups::Purpose::Before(&decision.from)),
+                backup_path(
+                    fleet,
+                    instance,
+                    backups::Purpose::BeforeDowngradeTo(&decision.to)
+                ),
+            )
         } else {
             format!("{file}: {}", decision.reason)
         };
@@ -427,10 +439,17 @@ fn instance_actions(
     decisions
 }
 
-fn suspend_reason(fleet: &Fleet, instance: &Instance) -> String {
-    let name = &instance.name.value;
+/// Where the backup of `instance` for `purpose` will be: its folder and the pattern of its
+/// file name, as the driver writes it.
+fn backup_path(fleet: &Fleet, instance: &Instance, purpose: backups::Purpose<'_>) -> String {
+    let region = &fleet.settings.regions[&instance.region.value];
+    let folder = backups::folder(Path::new(&region.backups), &instance.name.value);
+    format!("{}/{}", folder.display(), backups::pattern(purpose))
+}
+
+fn suspend_reason(fleet: &Fleet, instance: &Instance, file: &str) -> String {
     if instance.state == crate::model::InstanceState::Suspended {
-        return format!("state = \"suspended\" in instances/{name}: containers stop, data is kept");
+        return format!("state = \"suspended\" in {file}: containers stop, data is kept");
     }
     let partner_suspended = fleet
         .partners

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     model::{ByteSize, Cpu, Resources},
-    plan::actual::{Actual, ActualInstance, ResourceType, RunState},
+    plan::{
+        ResourceType,
+        actual::{Actual, ActualInstance, RunState},
+    },
 };
 
 /// The version of the snapshot format this build reads and writes.

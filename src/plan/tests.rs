@@ -183,3 +183,61 @@ fn large_fleets_planned_on_several_threads_lose_and_repeat_nothing() {
         .collect();
     assert_eq!(actions, expected);
 }
+
+/// The reasons of the actions planned from `base` to `head`.
+fn reasons(base: Validation, mut head: Validation) -> Vec<String> {
+    let at: DateTime<Utc> = "2026-01-07T12:00:00Z".parse().expect("a time");
+    let actual = converged_base(&base.fleet);
+    let desired = head.take_valid().expect("a valid head");
+    compute(&desired, &head.sources, &actual, at)
+        .actions
+        .into_iter()
+        .map(|action| action.reason)
+        .collect()
+}
+
+#[test]
+fn reasons_name_the_file_and_the_backups_the_driver_uses() {
+    let base = || fleet("", &[("web", "size = \"small\"\nversion = \"1.1.0\"\n")]);
+    let suspended = fleet(
+        "",
+        &[(
+            "web",
+            "size = \"small\"\nversion = \"1.1.0\"\nstate = \"suspended\"\n",
+        )],
+    );
+    assert_eq!(
+        reasons(base(), suspended),
+        ["state = \"suspended\" in instances/web.toml: containers stop, data is kept"]
+    );
+    let terminated = fleet(
+        "",
+        &[(
+            "web",
+            "size = \"small\"\nversion = \"1.1.0\"\nstate = \"terminated\"\n",
+        )],
+    );
+    let [terminate] = &reasons(base(), terminated)[..] else {
+        panic!("one action");
+    };
+    assert!(
+        terminate.contains("/b/web/YYYYMMDDTHHMMSS.ffffffZ-final.dump"),
+        "{terminate}"
+    );
+    let downgraded = fleet(
+        "",
+        &[(
+            "web",
+            "size = \"small\"\nversion = \"1.0.0\"\nallow_downgrade = true\n",
+        )],
+    );
+    let [downgrade] = &reasons(base(), downgraded)[..] else {
+        panic!("one action");
+    };
+    for promise in [
+        "/b/web/YYYYMMDDTHHMMSS.ffffffZ-before-1.1.0.dump",
+        "/b/web/YYYYMMDDTHHMMSS.ffffffZ-before-downgrade-to-1.0.0.dump",
+    ] {
+        assert!(downgrade.contains(promise), "{downgrade}");
+    }
+}

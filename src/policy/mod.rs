@@ -422,7 +422,7 @@ fn named_version(input: &Input<'_>, current: &Version, desired: &Version) -> Opt
     }
     if desired < current {
         let risk = format!(
-            "a downgrade restores the backup taken before the upgrade to {current}, and data written since that backup is lost"
+            "a downgrade restores the backup taken before the upgrade to {current}: data written since is lost"
         );
         return Some(if instance.allow_downgrade {
             let reason = format!("`version` lowered to {desired} ({mode}); {risk}");

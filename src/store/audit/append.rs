@@ -2,17 +2,22 @@
 //! and inserted, several appenders' records in one statement (see the module's
 //! documentation for the group commit and for appends of several processes).
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use sqlx::AnyPool;
 use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::store::{
-    Error, Sql, Store,
+    Error, Options, Sql, Store,
     audit::{
         Entry, Record, body_of,
         chain::{Hash, Head, StoredRow, chain},
         query::{COLUMNS, read_head},
     },
-    is_transient, now,
+    is_transient, now, retry,
 };
 
 /// Rows per INSERT statement: 13 parameters each stays below both databases' limits.
@@ -28,16 +33,44 @@ struct Pending {
 /// Serializes and combines the appends of one store (see the module's documentation).
 #[derive(Debug, Default)]
 pub(crate) struct Appender {
-    /// The head as last written by this process; `None` when it must be read again.
-    head: tokio::sync::Mutex<Option<Head>>,
+    /// The head as last written by this process; `None` when it must be read again. Whoever
+    /// holds the lock is the one writer of this process.
+    head: Arc<tokio::sync::Mutex<Option<Head>>>,
     queue: std::sync::Mutex<Vec<Pending>>,
+    /// The batch writes under way, which `Store::close` waits for.
+    writes: TaskTracker,
 }
+
+impl Appender {
+    /// Waits until no batch is being written, including those whose appenders were dropped.
+    pub(crate) async fn finish(&self) {
+        self.writes.close();
+        self.writes.wait().await;
+    }
+}
+
+/// What writing a batch needs of its store, owned, so that the write can outlive the
+/// appender that started it.
+struct Writer {
+    pool: AnyPool,
+    /// The store's URL without its password, for messages.
+    url: String,
+    options: Options,
+}
+
+/// What an appender hears when the task writing its records ended without a word.
+const SILENT: &str = "the task writing the audit records stopped before it could say whether they were written (it panicked, or the runtime shut down)";
 
 impl Store {
     /// Appends `records` as consecutive records of the chain, atomically: all or none.
     ///
     /// Waits, with backoff, up to the store's `retry_for` while the database is away; an
-    /// error means none of the records was appended.
+    /// error means none of the records was appended, except [`Error::Unreachable`] when the
+    /// database went away during the write and did not come back to say whether it landed.
+    ///
+    /// Cancel-safe: the records of several appenders are written together by a task of its
+    /// own, so dropping this future (in a `select!`, a timeout) never cuts off a write, and
+    /// every other appender still hears what happened to its records.
     pub async fn append(&self, records: Vec<Record>) -> Result<Vec<Entry>, Error> {
         if records.is_empty() {
             return Ok(Vec::new());
@@ -54,13 +87,9 @@ impl Store {
             let mut head = tokio::select! {
                 biased;
                 result = &mut outcome => {
-                    return result.unwrap_or_else(|_| {
-                        Err(Error::Invalid(
-                            "the append was abandoned by the task writing it".into(),
-                        ))
-                    });
+                    return result.unwrap_or_else(|_| Err(Error::Invalid(SILENT.into())));
                 }
-                head = self.appender.head.lock() => head,
+                head = Arc::clone(&self.appender.head).lock_owned() => head,
             };
             let batch = std::mem::take(
                 &mut *self
@@ -73,7 +102,23 @@ impl Store {
                 // A previous holder of the lock wrote ours; its reply is waiting.
                 continue;
             }
-            self.write_batch(&mut head, batch).await;
+            // The batch holds other appenders' records, and only its writer can tell them
+            // whether they landed: the write must not end with this future. The task owns
+            // the lock, so the next batch waits for it, dropped appender or not.
+            let writer = Writer {
+                pool: self.pool().clone(),
+                url: self.url.clone(),
+                options: self.options.clone(),
+            };
+            let write = self
+                .appender
+                .writes
+                .spawn(async move { writer.write_batch(&mut head, batch).await }.in_current_span());
+            if let Err(error) = write.await
+                && error.is_panic()
+            {
+                std::panic::resume_unwind(error.into_panic());
+            }
         }
     }
 
@@ -83,6 +128,17 @@ impl Store {
         entries
             .pop()
             .ok_or_else(|| Error::Invalid("the append returned no record".into()))
+    }
+}
+
+impl Writer {
+    /// Runs `operation` as `Store::retrying` does.
+    async fn retrying<T, F, Fut>(&self, operation: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        retry(&self.url, &self.options, operation).await
     }
 
     /// Writes the records of `batch` as one transaction and tells each appender its outcome.
@@ -162,12 +218,12 @@ impl Store {
         loop {
             let base = match *head {
                 Some(base) => base,
-                None => self.retrying(|| read_head(self)).await?,
+                None => self.retrying(|| read_head(&self.pool)).await?,
             };
             // Until the write is known to have landed, the cached head is unknown.
             *head = None;
             chain(base, bodies, ids, at, rows);
-            match insert(self, rows).await {
+            match insert(&self.pool, rows).await {
                 Ok(()) => {
                     *head = rows.last().map(|row| Head {
                         seq: row.seq,
@@ -185,22 +241,14 @@ impl Store {
                     }
                 }
                 Err(error) if is_transient(&error) => {
-                    if started.elapsed() > self.options.retry_for {
-                        return Err(Error::Unreachable {
-                            url: self.url.clone(),
-                            waited: started.elapsed(),
-                            attempts: conflicts + 1,
-                            source: error,
-                        });
-                    }
-                    tracing::warn!(store = %self.url, %error, "appending to the audit log failed; retrying");
-                    // The commit may have landed before the connection broke.
-                    let first = ids[0].clone();
+                    // The commit may have landed before the connection broke: ask before
+                    // trying again, and before giving up, so no outcome is reported wrongly.
+                    let first = rows[0].id.clone();
                     let landed = self
                         .retrying(|| {
                             sqlx::query_scalar::<_, i64>("SELECT seq FROM audit_log WHERE id = $1")
                                 .bind(first.clone())
-                                .fetch_optional(self.pool())
+                                .fetch_optional(&self.pool)
                         })
                         .await?;
                     if landed.is_some() {
@@ -210,6 +258,15 @@ impl Store {
                         });
                         return Ok(());
                     }
+                    if started.elapsed() > self.options.retry_for {
+                        return Err(Error::Unreachable {
+                            url: self.url.clone(),
+                            waited: started.elapsed(),
+                            attempts: conflicts + 1,
+                            source: error,
+                        });
+                    }
+                    tracing::warn!(store = %self.url, %error, "appending to the audit log failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
                 Err(error) => return Err(Error::Sql(error)),
@@ -219,15 +276,15 @@ impl Store {
 }
 
 /// Inserts the rows: one statement when they fit, else one transaction.
-async fn insert(store: &Store, rows: &[StoredRow]) -> Result<(), sqlx::Error> {
+async fn insert(pool: &AnyPool, rows: &[StoredRow]) -> Result<(), sqlx::Error> {
     if rows.len() <= ROWS_PER_STATEMENT {
         let (text, arguments) = insert_statement(rows)?;
         return sqlx::query_with(&text, arguments)
-            .execute(store.pool())
+            .execute(pool)
             .await
             .map(drop);
     }
-    let mut transaction = store.pool().begin().await?;
+    let mut transaction = pool.begin().await?;
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let (text, arguments) = insert_statement(chunk)?;
         sqlx::query_with(&text, arguments)
@@ -272,4 +329,97 @@ fn insert_statement(
             .push(")");
     }
     query.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Context;
+
+    use futures_util::{FutureExt, task::noop_waker_ref};
+
+    use crate::store::{
+        Options, Store,
+        audit::{Actor, Filter, Record},
+    };
+
+    async fn open(folder: &tempfile::TempDir) -> Store {
+        let url = format!("sqlite://{}", folder.path().join("state.db").display());
+        Store::open(&url, Options::default())
+            .await
+            .expect("a store")
+    }
+
+    fn record(resource: &str) -> Record {
+        Record::new(Actor::system("test"), "instance.provision", resource)
+    }
+
+    /// How many appenders' records wait in the queue.
+    fn queued(store: &Store) -> usize {
+        store
+            .appender
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    #[tokio::test]
+    async fn an_appender_cut_off_mid_write_leaves_the_others_their_outcome() {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let store = open(&folder).await;
+        // The futures are polled by hand, so the test knows where each one stands; the
+        // runtime has one thread, so nothing else runs between two polls.
+        let mut context = Context::from_waker(noop_waker_ref());
+
+        // C writes a large batch; A and B queue behind it.
+        let records = (0..2_000)
+            .map(|n| record(&format!("instance/c{n}")))
+            .collect();
+        let mut c = Box::pin(store.append(records));
+        assert!(
+            c.poll_unpin(&mut context).is_pending(),
+            "C's write is under way"
+        );
+        assert_eq!(queued(&store), 0, "C took its records");
+        let mut a = Box::pin(store.append(vec![record("instance/a")]));
+        assert!(a.poll_unpin(&mut context).is_pending());
+        let mut b = Box::pin(store.append(vec![record("instance/b")]));
+        assert!(b.poll_unpin(&mut context).is_pending());
+        assert_eq!(queued(&store), 2, "A and B wait for C's write");
+        assert_eq!(c.await.expect("C's records").len(), 2_000);
+
+        // A, first in line for the lock, writes its record and B's; it is cut off while the
+        // write runs.
+        assert!(
+            a.poll_unpin(&mut context).is_pending(),
+            "A's write is under way"
+        );
+        assert_eq!(queued(&store), 0, "A took its record and B's");
+        tokio::task::yield_now().await;
+        drop(a);
+
+        let b = b.await.expect("B hears that its record was written");
+        assert_eq!(b[0].seq, 2_002);
+        let written = store
+            .audit_query(
+                &Filter {
+                    resource: Some("instance/a".into()),
+                    ..Filter::default()
+                },
+                10,
+            )
+            .await
+            .expect("a query");
+        assert_eq!(
+            written.iter().map(|row| row.seq).collect::<Vec<_>>(),
+            vec![2_001],
+            "A's record was written, although A was not there to hear it"
+        );
+        let verification = store
+            .audit_verify(&[], 1_000)
+            .await
+            .expect("a verification");
+        assert_eq!(verification.outcome.map(|head| head.seq), Ok(2_002));
+        store.close().await;
+    }
 }

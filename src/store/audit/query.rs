@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::{Row, any::AnyRow};
+use sqlx::{AnyPool, Row, any::AnyRow};
 
 use crate::store::{
     Error, Sql, Store,
@@ -103,7 +103,7 @@ pub struct Verification {
 impl Store {
     /// The newest record's `seq` and hash.
     pub async fn audit_head(&self) -> Result<Head, Error> {
-        self.retrying(|| read_head(self)).await
+        self.retrying(|| read_head(self.pool())).await
     }
 
     /// The stored rows with `seq` above `after`, oldest first, at most `limit`.
@@ -207,10 +207,10 @@ impl StoredRow {
     }
 }
 
-pub(super) async fn read_head(store: &Store) -> Result<Head, sqlx::Error> {
+pub(super) async fn read_head(pool: &AnyPool) -> Result<Head, sqlx::Error> {
     let row: Option<(i64, Vec<u8>)> =
         sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(store.pool())
+            .fetch_optional(pool)
             .await?;
     Ok(match row {
         Some((seq, hash)) => Head {

@@ -2,7 +2,7 @@
 //! and inserted, several appenders' records in one statement (see the module's
 //! documentation for the group commit and for appends of several processes).
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use sqlx::AnyPool;
@@ -20,7 +20,8 @@ use crate::store::{
     is_transient, now, retry,
 };
 
-/// Rows per INSERT statement: 13 parameters each stays below both databases' limits.
+/// Rows per INSERT statement (14 parameters each) and keys per lookup: below both
+/// databases' limits on parameters.
 const ROWS_PER_STATEMENT: usize = 1_000;
 
 /// One appender's records waiting to be written, and where to send the outcome.
@@ -28,6 +29,23 @@ const ROWS_PER_STATEMENT: usize = 1_000;
 struct Pending {
     records: Vec<Record>,
     reply: oneshot::Sender<Result<Vec<Entry>, Error>>,
+}
+
+/// A record of a batch with its body's JSON text and the id it gets if it is chained.
+#[derive(Debug)]
+struct Prepared {
+    record: Record,
+    body: String,
+    id: String,
+}
+
+/// Where a record of a batch went.
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    /// To this row of those already in the log with the batch's keys.
+    Stored(usize),
+    /// To this row of those the batch chains.
+    Chained(usize),
 }
 
 /// Serializes and combines the appends of one store (see the module's documentation).
@@ -143,47 +161,34 @@ impl Writer {
 
     /// Writes the records of `batch` as one transaction and tells each appender its outcome.
     async fn write_batch(&self, head: &mut Option<Head>, batch: Vec<Pending>) {
-        let mut bodies = Vec::with_capacity(batch.len());
+        let mut records = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
-        let mut rows = Vec::new();
         for pending in batch {
             match pending
                 .records
                 .into_iter()
-                .map(|record| body_of(&record).map(|body| (record, body)))
+                .map(|record| {
+                    Ok(Prepared {
+                        body: body_of(&record)?,
+                        id: uuid::Uuid::new_v4().to_string(),
+                        record,
+                    })
+                })
                 .collect::<Result<Vec<_>, Error>>()
             {
-                Ok(records) => {
-                    replies.push((pending.reply, records.len()));
-                    bodies.extend(records);
+                Ok(mine) => {
+                    replies.push((pending.reply, mine.len()));
+                    records.extend(mine);
                 }
                 Err(error) => {
                     let _ = pending.reply.send(Err(error));
                 }
             }
         }
-        if bodies.is_empty() {
+        if records.is_empty() {
             return;
         }
-        let at = now();
-        let ids: Vec<String> = bodies
-            .iter()
-            .map(|_| uuid::Uuid::new_v4().to_string())
-            .collect();
-        let result = self
-            .write_rows(head, &bodies, &ids, at, &mut rows)
-            .await
-            .and_then(|()| {
-                rows.iter()
-                    .zip(bodies.iter())
-                    .map(|(row, (record, _))| {
-                        let mut entry = row.entry()?;
-                        entry.record = record.clone();
-                        Ok(entry)
-                    })
-                    .collect::<Result<Vec<_>, Error>>()
-            });
-        match result {
+        match self.write_rows(head, &records, now()).await {
             Ok(mut entries) => {
                 for (reply, count) in replies.into_iter().rev() {
                     let mine = entries.split_off(entries.len() - count);
@@ -203,36 +208,49 @@ impl Writer {
         }
     }
 
-    /// Chains and inserts the records, retrying while another process appends first or the
-    /// database is away. On success `rows` holds what was written and `head` the new head.
+    /// Chains and inserts the records whose keys are not in the log yet, retrying while
+    /// another process appends first or the database is away; returns one entry per record,
+    /// in order. On success `head` is the new head.
     async fn write_rows(
         &self,
         head: &mut Option<Head>,
-        bodies: &[(Record, String)],
-        ids: &[String],
+        records: &[Prepared],
         at: DateTime<Utc>,
-        rows: &mut Vec<StoredRow>,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<Entry>, Error> {
         let started = std::time::Instant::now();
         let mut conflicts = 0;
+        let mut keys: Vec<&str> = records
+            .iter()
+            .filter_map(|prepared| prepared.record.key.as_deref())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut rows = Vec::new();
         loop {
             let base = match *head {
                 Some(base) => base,
                 None => self.retrying(|| read_head(&self.pool)).await?,
             };
+            let stored = if keys.is_empty() {
+                Vec::new()
+            } else {
+                self.retrying(|| rows_with_keys(&self.pool, &keys)).await?
+            };
+            let (places, fresh) = place(records, &stored);
+            if fresh.is_empty() {
+                return entries(&places, &stored, &[], &fresh);
+            }
             // Until the write is known to have landed, the cached head is unknown.
             *head = None;
-            chain(base, bodies, ids, at, rows);
-            match insert(&self.pool, rows).await {
+            chain(base, &fresh, at, &mut rows);
+            match insert(&self.pool, &rows).await {
                 Ok(()) => {
-                    *head = rows.last().map(|row| Head {
-                        seq: row.seq,
-                        hash: Hash::from_slice(&row.hash).unwrap_or(Hash::GENESIS),
-                    });
-                    return Ok(());
+                    *head = Some(last(&rows));
+                    return entries(&places, &stored, &rows, &fresh);
                 }
                 Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-                    // Another process appended first: chain onto its records instead.
+                    // Another process appended first, or appended one of the keys: chain
+                    // onto its records, and resolve the keys it wrote to its records.
                     conflicts += 1;
                     if conflicts > 1_000 {
                         return Err(Error::Invalid(
@@ -252,11 +270,8 @@ impl Writer {
                         })
                         .await?;
                     if landed.is_some() {
-                        *head = rows.last().map(|row| Head {
-                            seq: row.seq,
-                            hash: Hash::from_slice(&row.hash).unwrap_or(Hash::GENESIS),
-                        });
-                        return Ok(());
+                        *head = Some(last(&rows));
+                        return entries(&places, &stored, &rows, &fresh);
                     }
                     if started.elapsed() > self.options.retry_for {
                         return Err(Error::Unreachable {
@@ -273,6 +288,92 @@ impl Writer {
             }
         }
     }
+}
+
+/// Where each of `records` goes, and the records to chain, each with its body and id: a
+/// record whose key is in `stored` goes to that row; one whose key an earlier record of the
+/// batch has goes where that record goes; any other is chained.
+fn place<'a>(
+    records: &'a [Prepared],
+    stored: &[StoredRow],
+) -> (Vec<Place>, Vec<(&'a Record, &'a str, &'a str)>) {
+    let mut by_key: HashMap<&str, Place> = stored
+        .iter()
+        .enumerate()
+        .filter_map(|(index, row)| Some((row.key.as_deref()?, Place::Stored(index))))
+        .collect();
+    let mut places = Vec::with_capacity(records.len());
+    let mut fresh = Vec::with_capacity(records.len());
+    for prepared in records {
+        let key = prepared.record.key.as_deref();
+        if let Some(&place) = key.and_then(|key| by_key.get(key)) {
+            places.push(place);
+            continue;
+        }
+        let place = Place::Chained(fresh.len());
+        fresh.push((
+            &prepared.record,
+            prepared.body.as_str(),
+            prepared.id.as_str(),
+        ));
+        if let Some(key) = key {
+            by_key.insert(key, place);
+        }
+        places.push(place);
+    }
+    (places, fresh)
+}
+
+/// The entries of a batch, from where its records went: a stored row's entry is the record
+/// as it is in the log; a chained row's carries the record as it was given.
+fn entries(
+    places: &[Place],
+    stored: &[StoredRow],
+    rows: &[StoredRow],
+    fresh: &[(&Record, &str, &str)],
+) -> Result<Vec<Entry>, Error> {
+    places
+        .iter()
+        .map(|place| match *place {
+            Place::Stored(index) => stored[index].entry(),
+            Place::Chained(index) => {
+                let mut entry = rows[index].entry()?;
+                entry.record = fresh[index].0.clone();
+                Ok(entry)
+            }
+        })
+        .collect()
+}
+
+/// The head after `rows`, which are not empty.
+fn last(rows: &[StoredRow]) -> Head {
+    let row = rows.last().expect("a batch writes at least one row");
+    Head {
+        seq: row.seq,
+        hash: Hash::from_slice(&row.hash).expect("chained hashes are 32 bytes"),
+    }
+}
+
+/// The stored rows whose idempotency key is one of `keys`.
+async fn rows_with_keys(pool: &AnyPool, keys: &[&str]) -> Result<Vec<StoredRow>, sqlx::Error> {
+    let mut rows = Vec::new();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let mut query = Sql::new(&format!(
+            "SELECT {COLUMNS} FROM audit_log WHERE idempotency_key IN ("
+        ));
+        for (index, key) in chunk.iter().enumerate() {
+            if index > 0 {
+                query.push(", ");
+            }
+            query.push_bind(*key);
+        }
+        query.push(")");
+        let (text, arguments) = query.finish()?;
+        for row in sqlx::query_with(&text, arguments).fetch_all(pool).await? {
+            rows.push(StoredRow::from_row(&row)?);
+        }
+    }
+    Ok(rows)
 }
 
 /// Inserts the rows: one statement when they fit, else one transaction.
@@ -326,6 +427,8 @@ fn insert_statement(
             .push_bind(row.prev_hash.as_slice())
             .push(", ")
             .push_bind(row.hash.as_slice())
+            .push(", ")
+            .push_bind(row.key.as_deref())
             .push(")");
     }
     query.finish()

@@ -63,6 +63,9 @@ pub struct StoredRow {
     pub body: String,
     pub prev_hash: Vec<u8>,
     pub hash: Vec<u8>,
+    /// The `idempotency_key` column: a copy of the body's `key`, for looking keys up. It is
+    /// not part of the canonical record; the body, which holds the key, is.
+    pub key: Option<String>,
 }
 
 impl StoredRow {
@@ -111,21 +114,21 @@ impl Head {
     };
 }
 
-/// Fills `rows` with the records chained onto `base`.
+/// Fills `rows` with `records` chained onto `base`: each record with its body's JSON text
+/// and its id.
 pub(super) fn chain(
     base: Head,
-    bodies: &[(Record, String)],
-    ids: &[String],
+    records: &[(&Record, &str, &str)],
     at: DateTime<Utc>,
     rows: &mut Vec<StoredRow>,
 ) {
     rows.clear();
     let mut prev = base;
     let mut buffer = Vec::new();
-    for ((record, body), id) in bodies.iter().zip(ids) {
+    for &(record, body, id) in records {
         let mut row = StoredRow {
             seq: prev.seq + 1,
-            id: id.clone(),
+            id: id.to_string(),
             at_us: micros(at),
             actor_kind: record.actor.kind.as_str().to_string(),
             actor_id: record.actor.id.clone(),
@@ -134,9 +137,10 @@ pub(super) fn chain(
             resource: record.resource.clone(),
             commit_sha: record.commit.as_ref().map(|commit| commit.sha.clone()),
             result: record.result.as_str().to_string(),
-            body: body.clone(),
+            body: body.to_string(),
             prev_hash: prev.hash.0.to_vec(),
             hash: Vec::new(),
+            key: record.key.clone(),
         };
         let hash = row.compute_hash(&prev.hash, &mut buffer);
         row.hash = hash.0.to_vec();
@@ -326,6 +330,7 @@ mod tests {
                     &format!("instance/i{n}"),
                 );
                 record.reason = Some(format!("reason {n}"));
+                record.key = Some(format!("job/j/step/s{n}/attempt/1"));
                 let body = body_of(&record).expect("a body");
                 (record, body)
             })
@@ -333,8 +338,19 @@ mod tests {
         let ids: Vec<String> = (0..count).map(|n| format!("id-{n}")).collect();
         let at = DateTime::from_timestamp_micros(1_700_000_000_000_000).expect("a time");
         let mut rows = Vec::new();
-        chain(Head::EMPTY, &bodies, &ids, at, &mut rows);
+        chain(Head::EMPTY, &links(&bodies, &ids), at, &mut rows);
         rows
+    }
+
+    fn links<'a>(
+        bodies: &'a [(Record, String)],
+        ids: &'a [String],
+    ) -> Vec<(&'a Record, &'a str, &'a str)> {
+        bodies
+            .iter()
+            .zip(ids)
+            .map(|((record, body), id)| (record, body.as_str(), id.as_str()))
+            .collect()
     }
 
     fn verify(rows: &[StoredRow], anchors: &[Anchor]) -> Result<Head, Problem> {
@@ -378,6 +394,9 @@ mod tests {
             ("body", |row| {
                 row.body = row.body.replace("reason 1", "reason 2")
             }),
+            ("key in the body", |row| {
+                row.body = row.body.replace("attempt/1", "attempt/2")
+            }),
             ("hash", |row| row.hash[31] ^= 1),
         ];
         for (what, edit) in edits {
@@ -389,6 +408,19 @@ mod tests {
                 "changing the {what}"
             );
         }
+    }
+
+    #[test]
+    fn the_key_column_is_a_copy_outside_the_canonical_record() {
+        let original = rows(3);
+        assert_eq!(
+            original[1].key.as_deref(),
+            Some("job/j/step/s1/attempt/1"),
+            "chaining copies the key into its column"
+        );
+        let mut rows = original.clone();
+        rows[1].key = None;
+        assert!(verify(&rows, &[]).is_ok());
     }
 
     #[test]
@@ -446,8 +478,7 @@ mod tests {
         let mut tail = Vec::new();
         chain(
             base,
-            &bodies,
-            &ids,
+            &links(&bodies, &ids),
             time(rewritten[5].at_us).expect("a time"),
             &mut tail,
         );

@@ -7,12 +7,23 @@
 //! `actor_id`, `actor_email`, `action`, `resource`, `commit_sha`, `result` and `body`, each as
 //! a 4-byte big-endian length and its UTF-8 bytes (`0xFFFFFFFF` and nothing for a null).
 //! `body` is the JSON text of everything else (the commit's people and trailers, where, why,
-//! before and after, error, metadata) exactly as stored, so verifying never re-serializes.
+//! before and after, error, metadata, idempotency key) exactly as stored, so verifying never
+//! re-serializes.
+//!
+//! A record's idempotency key, when it has one, is the body's `key` field, so the hash covers
+//! it; a record without a key has no such field, so the bodies and hashes of records written
+//! before keys existed are unchanged. The column `idempotency_key` holds a copy of it under a
+//! unique index, for finding a key without reading bodies; the column is not part of the
+//! canonical record. Appending a record whose key is in the log already appends nothing and
+//! returns the record there.
 //!
 //! Appends are serialized within a process and combined: while one batch is being written,
 //! the records of other appenders queue and go out together in the next statement (a group
 //! commit). Across processes the primary key on `seq` stops two chains from forming: an
-//! appender whose head is stale fails on the key, reloads the head and tries again.
+//! appender whose head is stale fails on the key, reloads the head and tries again; so does
+//! one whose record's idempotency key another process appended first. A batch is written by a
+//! task of its own, so an appender that stops waiting (its future dropped by a `select!` or a
+//! timeout) cuts off nobody's write, and every waiter hears what became of its records.
 //!
 //! This module holds the record and its body; `chain` the hashes and their verifier, pure
 //! and without a database; `append` the writing of records; `query` their reading.
@@ -150,6 +161,12 @@ pub struct Record {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// The idempotency key: the job, step and attempt it describes, e.g.
+    /// `job/<id>/step/<step>/attempt/<n>`; a record whose key is already in the log is not
+    /// appended again: `append` returns the entry already there, even when the record given
+    /// differs from it. At most [`MAX_KEY_BYTES`], not empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl Record {
@@ -169,6 +186,7 @@ impl Record {
             after: None,
             error: None,
             metadata: BTreeMap::new(),
+            key: None,
         }
     }
 }
@@ -194,10 +212,17 @@ struct Body {
     error: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     metadata: BTreeMap<String, serde_json::Value>,
+    /// Last, and absent without a key, so that bodies without one read as before keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
 }
 
 /// The most bytes one record's body may take.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The most bytes an idempotency key may take: PostgreSQL's unique index refuses entries of
+/// about 2,700 bytes, and a job, step and attempt need far fewer.
+pub const MAX_KEY_BYTES: usize = 512;
 
 /// An appended record.
 #[derive(Clone, Debug, PartialEq)]
@@ -241,6 +266,7 @@ impl StoredRow {
                 after: body.after,
                 error: body.error,
                 metadata: body.metadata,
+                key: body.key,
             },
             prev_hash: Hash::from_slice(&self.prev_hash)
                 .ok_or_else(|| bad("its prev_hash is not 32 bytes"))?,
@@ -251,6 +277,14 @@ impl StoredRow {
 
 /// The JSON text of a record's body, within the size limit.
 fn body_of(record: &Record) -> Result<String, Error> {
+    if let Some(key) = &record.key
+        && (key.is_empty() || key.len() > MAX_KEY_BYTES)
+    {
+        return Err(Error::Invalid(format!(
+            "an audit record's idempotency key must have 1 to {MAX_KEY_BYTES} bytes, not {}",
+            key.len()
+        )));
+    }
     let body = Body {
         commit: record.commit.clone(),
         region: record.region.clone(),
@@ -261,6 +295,7 @@ fn body_of(record: &Record) -> Result<String, Error> {
         after: record.after.clone(),
         error: record.error.clone(),
         metadata: record.metadata.clone(),
+        key: record.key.clone(),
     };
     let text = serde_json::to_string(&body)
         .map_err(|error| Error::Invalid(format!("an audit record cannot be written: {error}")))?;
@@ -271,4 +306,35 @@ fn body_of(record: &Record) -> Result<String, Error> {
         )));
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(key: Option<&str>) -> Result<String, Error> {
+        let mut record = Record::new(Actor::system("test"), "instance.provision", "instance/a");
+        record.reason = Some("new".into());
+        record.key = key.map(str::to_string);
+        body_of(&record)
+    }
+
+    #[test]
+    fn the_key_is_the_last_field_of_the_body_and_absent_without_one() {
+        assert_eq!(body(None).expect("a body"), r#"{"reason":"new"}"#);
+        assert_eq!(
+            body(Some("job/1/step/backup/attempt/1")).expect("a body"),
+            r#"{"reason":"new","key":"job/1/step/backup/attempt/1"}"#
+        );
+    }
+
+    #[test]
+    fn keys_are_neither_empty_nor_too_long() {
+        assert!(matches!(body(Some("")), Err(Error::Invalid(_))));
+        assert!(body(Some(&"k".repeat(MAX_KEY_BYTES))).is_ok());
+        assert!(matches!(
+            body(Some(&"k".repeat(MAX_KEY_BYTES + 1))),
+            Err(Error::Invalid(_))
+        ));
+    }
 }

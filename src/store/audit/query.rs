@@ -12,7 +12,7 @@ use crate::store::{
 };
 
 /// The columns of `audit_log`, in the order `StoredRow::from_row` reads them.
-pub(super) const COLUMNS: &str = "seq, id, at_us, actor_kind, actor_id, actor_email, action, resource, commit_sha, result, body, prev_hash, hash";
+pub(super) const COLUMNS: &str = "seq, id, at_us, actor_kind, actor_id, actor_email, action, resource, commit_sha, result, body, prev_hash, hash, idempotency_key";
 
 /// Which records `audit query` and `audit export` select.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -203,6 +203,7 @@ impl StoredRow {
             body: row.try_get(10)?,
             prev_hash: row.try_get(11)?,
             hash: row.try_get(12)?,
+            key: row.try_get(13)?,
         })
     }
 }

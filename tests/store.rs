@@ -82,6 +82,7 @@ fn contracts() -> Vec<(&'static str, Contract)> {
         ("audit query", |f| Box::pin(audit_query(f))),
         ("audit append-only", |f| Box::pin(audit_append_only(f))),
         ("audit tampering", |f| Box::pin(audit_tampering(f))),
+        ("audit keys", |f| Box::pin(audit_keys(f))),
         ("instances", |f| Box::pin(instances(f))),
         ("snapshot", |f| Box::pin(snapshot_round_trip(f))),
         ("commits", |f| Box::pin(commits(f))),
@@ -363,6 +364,108 @@ async fn audit_query(fixture: &Fixture) {
         .expect("a scan");
     assert_eq!(count, 6);
     assert_eq!(scanned, vec![1, 3, 5, 7, 9, 11]);
+}
+
+fn keyed(n: usize, key: &str) -> Record {
+    let mut record = record(n);
+    record.key = Some(key.to_string());
+    record
+}
+
+/// The `seq` of every record of `resource`, as `audit query` selects them.
+async fn seqs_of(store: &Store, resource: &str) -> Vec<i64> {
+    let filter = Filter {
+        resource: Some(resource.to_string()),
+        ..Filter::default()
+    };
+    let rows = store.audit_query(&filter, 100).await.expect("a query");
+    rows.iter().map(|row| row.seq).collect()
+}
+
+async fn audit_keys(fixture: &Fixture) {
+    let store = &fixture.store;
+    let backup = "job/j1/step/backup/attempt/1";
+    let migrate = "job/j1/step/migrate/attempt/1";
+
+    // Appended twice, separately: the second append gets the first's entry, even when the
+    // record it gives differs (a step audited again after a resume).
+    let first = store.append_one(keyed(0, backup)).await.expect("an append");
+    assert_eq!(first.record.key.as_deref(), Some(backup));
+    assert_eq!(
+        store.append_one(keyed(0, backup)).await.expect("an append"),
+        first
+    );
+    let mut resumed = keyed(0, backup);
+    resumed.reason = Some("audited again after a resume".into());
+    assert_eq!(store.append_one(resumed).await.expect("an append"), first);
+
+    // Twice in one batch, among records without a key (never taken for one another) and a
+    // record whose key is in the log already.
+    let batch = store
+        .append(vec![
+            record(1),
+            keyed(2, migrate),
+            record(1),
+            keyed(2, migrate),
+            keyed(0, backup),
+        ])
+        .await
+        .expect("a batch");
+    assert_eq!(
+        batch.iter().map(|entry| entry.seq).collect::<Vec<_>>(),
+        vec![2, 3, 4, 3, 1]
+    );
+    assert_eq!(batch[3], batch[1]);
+    assert_eq!(batch[4], first);
+
+    // From concurrent appenders: two on this store and one on another, as another process.
+    let other = open(&fixture.url).await;
+    let switch = "job/j1/step/switch/attempt/1";
+    let (one, two, three) = tokio::join!(
+        store.append_one(keyed(3, switch)),
+        store.append_one(keyed(3, switch)),
+        other.append_one(keyed(3, switch)),
+    );
+    let seqs = [one, two, three].map(|entry| entry.expect("an append").seq);
+    assert_eq!(seqs, [5, 5, 5]);
+    // The other store chains a new record after the keyed ones, and finds the old keys.
+    assert_eq!(
+        other
+            .append_one(keyed(4, "job/j2/step/backup/attempt/1"))
+            .await
+            .expect("an append")
+            .seq,
+        6
+    );
+    assert_eq!(
+        other
+            .append_one(keyed(2, migrate))
+            .await
+            .expect("an append"),
+        batch[1]
+    );
+    other.close().await;
+
+    assert_eq!(verify(store, &[]).await, Ok(6), "one unbroken chain");
+    for (resource, seqs) in [
+        ("instance/i0", vec![1]),
+        ("instance/i1", vec![2, 4]),
+        ("instance/i2", vec![3]),
+        ("instance/i3", vec![5]),
+        ("instance/i4", vec![6]),
+    ] {
+        assert_eq!(
+            seqs_of(store, resource).await,
+            seqs,
+            "the records of {resource}"
+        );
+    }
+    let stored = store.audit_rows(0, 100).await.expect("rows");
+    assert_eq!(stored[4].key.as_deref(), Some(switch), "the key's column");
+    assert_eq!(
+        stored[4].entry().expect("an entry").record.key.as_deref(),
+        Some(switch)
+    );
 }
 
 async fn audit_append_only(fixture: &Fixture) {

@@ -60,12 +60,14 @@ const PAGES: [i64; 3] = [1_000, 10_000, 50_000];
 /// The page size of the verify's breakdown.
 const BREAKDOWN_PAGE: i64 = 10_000;
 
-/// The columns of `audit_log`, and of `audit_plain`.
+/// The columns of `audit_log` and `audit_plain` that a record without an idempotency key
+/// fills (its `idempotency_key` stays NULL).
 const COLUMNS: &str = "seq, id, at_us, actor_kind, actor_id, actor_email, action, resource, commit_sha, result, body, prev_hash, hash";
 
 /// `audit_plain`: the columns, types and indexes of `audit_log` (migrations/postgres/
-/// 0001_store.sql), without the chain. The append-only triggers of `audit_log` fire on
-/// UPDATE, DELETE and TRUNCATE only, so they cost an INSERT nothing and are left out.
+/// 0001_store.sql and 0003_audit_keys.sql), without the chain. The append-only triggers of
+/// `audit_log` fire on UPDATE, DELETE and TRUNCATE only, so they cost an INSERT nothing and
+/// are left out.
 const PLAIN_TABLE: &str = "
 CREATE TABLE audit_plain (
     seq         BIGINT PRIMARY KEY CHECK (seq > 0),
@@ -80,8 +82,10 @@ CREATE TABLE audit_plain (
     result      TEXT NOT NULL,
     body        TEXT NOT NULL,
     prev_hash   BYTEA NOT NULL,
-    hash        BYTEA NOT NULL
+    hash        BYTEA NOT NULL,
+    idempotency_key TEXT
 );
+CREATE UNIQUE INDEX audit_plain_idempotency_key ON audit_plain (idempotency_key);
 CREATE INDEX audit_plain_at ON audit_plain (at_us);
 CREATE INDEX audit_plain_action ON audit_plain (action);
 CREATE INDEX audit_plain_resource ON audit_plain (resource);

@@ -22,6 +22,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "secrets",
         include_str!("../../migrations/postgres/0002_secrets.sql"),
     ),
+    (
+        3,
+        "audit keys",
+        include_str!("../../migrations/postgres/0003_audit_keys.sql"),
+    ),
 ];
 const SQLITE: &[(i64, &str, &str)] = &[
     (
@@ -33,6 +38,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         2,
         "secrets",
         include_str!("../../migrations/sqlite/0002_secrets.sql"),
+    ),
+    (
+        3,
+        "audit keys",
+        include_str!("../../migrations/sqlite/0003_audit_keys.sql"),
     ),
 ];
 

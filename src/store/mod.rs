@@ -165,8 +165,10 @@ impl Store {
         &self.pool
     }
 
-    /// Closes every connection.
+    /// Waits for the audit appends under way, those whose callers stopped waiting included,
+    /// then closes every connection.
     pub async fn close(&self) {
+        self.appender.finish().await;
         self.pool.close().await;
     }
 

@@ -10,6 +10,7 @@ pub mod policy;
 pub mod backups;
 pub mod plan;
 pub mod parallel;
+pub mod secret;
 
 pub mod source;
 pub mod store;

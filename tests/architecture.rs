@@ -1,11 +1,11 @@
 //! The core does no I/O and reads no clock: `diag`, `model`, `load`, `validate`, `policy`,
-//! `backups`, `plan` and `parallel` import no async runtime,
+//! `backups`, `plan`, `parallel` and `secret` import no async runtime,
 //! database, container, network or git crate, and do not touch the file system.
 
 use std::path::Path;
 
 const CORE: &[&str] = &[
-    "diag", "model", "load", "validate", "policy", "backups", "plan", "parallel",
+    "diag", "model", "load", "validate", "policy", "backups", "plan", "parallel", "secret",
 ];
 const FORBIDDEN: &[&str] = &[
     "tokio",

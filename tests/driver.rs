@@ -8,151 +8,27 @@
 
 mod common;
 
-use std::{collections::BTreeMap, path::Path, process::Command, sync::OnceLock};
+use std::{path::Path, process::Command};
 
-use semver::Version;
 use sqlx::Connection;
 
-use common::{postgres::Postgres, write};
+use common::{
+    docker::{IMAGE, Sweep, images, target},
+    postgres::Postgres,
+};
 use wakafleet::{
     driver::{self, Drift, Driver, Error, Options, Region, Role, Target, database_name},
     load::{Content, Input, Limits},
-    model::{ByteSize, Cpu, Resources},
+    model::{ByteSize, Cpu},
     plan, validate,
 };
-
-const IMAGE: &str = "wakafleet-test-driver/demo-platform";
-const LABEL: &str = "org.wakafleet.test";
-
-/// Fails with how to fix it when the engine is not there.
-fn docker_ok() {
-    let output = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output();
-    match output {
-        Ok(output) if output.status.success() => {}
-        _ => panic!(
-            "the Docker engine is needed for this test: install Docker and start it (`systemctl start docker` or `dockerd &`), then check `docker info`"
-        ),
-    }
-}
-
-/// Builds the test catalogue's images once per test binary: 1.0.0, 1.1.0 (one more
-/// migration) and 1.2.0 (whose health check fails).
-fn images() -> &'static Path {
-    static FLEET: OnceLock<tempfile::TempDir> = OnceLock::new();
-    FLEET
-        .get_or_init(|| {
-            docker_ok();
-            let fleet = tempfile::tempdir().expect("a temporary folder");
-            write(fleet.path(), "fleet.toml", common::FLEET_TOML);
-            for (version, from, migrations) in [
-                ("1.0.0", None, "[\"0001_items_index\"]"),
-                ("1.1.0", Some(">=1.0.0, <1.1.0"), "[\"0002_orders\"]"),
-                ("1.2.0", Some(">=1.1.0, <1.2.0"), "[\"0003_broken\"]"),
-            ] {
-                let upgrade_from = from
-                    .map(|from| format!("upgrade_from = \"{from}\"\n"))
-                    .unwrap_or_default();
-                write(
-                    fleet.path(),
-                    &format!("releases/{version}.toml"),
-                    format!(
-                        "version = \"{version}\"\nstatus = \"stable\"\nreleased = 2026-01-01\nimage = \"{IMAGE}:{version}\"\n{upgrade_from}migrations = {migrations}\n"
-                    ),
-                );
-            }
-            let output = Command::new(env!("CARGO_BIN_EXE_wakafleet"))
-                .args(["image", "build"])
-                .arg(fleet.path())
-                .args(["--binary", env!("CARGO_BIN_EXE_demo-platform"), "--fail-health", "1.2.0"])
-                .output()
-                .expect("run wakafleet image build");
-            assert!(
-                output.status.success(),
-                "image build failed:\n{}\n{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-            fleet
-        })
-        .path()
-}
-
-/// Removes everything labelled for one test, on drop.
-struct Sweep(String);
-
-impl Sweep {
-    fn new() -> Sweep {
-        Sweep(uuid::Uuid::new_v4().to_string())
-    }
-
-    fn labels(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([(LABEL.to_string(), self.0.clone())])
-    }
-}
-
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        let filter = format!("label={LABEL}={}", self.0);
-        for (list, remove) in [
-            (vec!["ps", "-aq"], vec!["rm", "-f"]),
-            (vec!["network", "ls", "-q"], vec!["network", "rm"]),
-            (vec!["volume", "ls", "-q"], vec!["volume", "rm", "-f"]),
-        ] {
-            let Ok(output) = Command::new("docker")
-                .args(&list)
-                .args(["--filter", &filter])
-                .output()
-            else {
-                continue;
-            };
-            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-                .split_whitespace()
-                .map(str::to_string)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker").args(&remove).args(&ids).output();
-            }
-        }
-    }
-}
 
 fn region(postgres: &Postgres, backups: &Path) -> Region {
     Region {
         name: "ng-lagos".into(),
         docker: "unix:///var/run/docker.sock".into(),
-        database: postgres.admin_url("postgres"),
+        database: postgres.admin_url("postgres").into(),
         backups: backups.to_path_buf(),
-    }
-}
-
-/// The test catalogue's migrations, release by release.
-const MIGRATIONS: [(&str, &str); 3] = [
-    ("1.0.0", "0001_items_index"),
-    ("1.1.0", "0002_orders"),
-    ("1.2.0", "0003_broken"),
-];
-
-fn target(instance: &str, version: &str) -> Target {
-    let version = Version::parse(version).expect("a version");
-    let migrations = MIGRATIONS
-        .iter()
-        .filter(|(release, _)| Version::parse(release).expect("a version") <= version)
-        .map(|(_, name)| name.to_string())
-        .collect();
-    Target {
-        instance: instance.into(),
-        image: format!("{IMAGE}:{version}"),
-        version,
-        migrations,
-        resources: Resources {
-            cpu: Cpu::from_millicores(500),
-            memory: ByteSize::from_bytes(256 << 20),
-            storage: ByteSize::from_bytes(1 << 30),
-        },
-        environment: BTreeMap::from([("WEBWAKA_SUITES".to_string(), "commerce".to_string())]),
-        secrets: BTreeMap::new(),
     }
 }
 
@@ -308,7 +184,7 @@ fn exists(kind: &str, name: &str) -> bool {
 struct Setup {
     driver: Driver,
     postgres: Postgres,
-    password: String,
+    password: wakafleet::secret::Secret,
     _backups: tempfile::TempDir,
     _sweep: Sweep,
 }
@@ -530,8 +406,12 @@ async fn one_instance_cannot_reach_another_instances_database() {
         .database("beta", &password_b)
         .await
         .expect("a database");
-    let url = |user: &str, password: &str, database: &str| {
-        postgres.url(&database_name(user), password, &database_name(database))
+    let url = |user: &str, password: &wakafleet::secret::Secret, database: &str| {
+        postgres.url(
+            &database_name(user),
+            password.expose(),
+            &database_name(database),
+        )
     };
     let mut own = sqlx::PgConnection::connect(&url("alpha", &password_a, "alpha"))
         .await
@@ -646,7 +526,8 @@ async fn unreachable_parts_are_named_and_nothing_is_left_half_made() {
     no_server.database = format!(
         "postgres://postgres:{}@127.0.0.1:9/postgres",
         common::postgres::PASSWORD
-    );
+    )
+    .into();
     let driver = Driver::new(&no_server, options(&sweep)).expect("a driver");
     let error = driver
         .provision(&target("faulty", "1.0.0"), &password)
@@ -704,9 +585,10 @@ async fn a_provision_cut_off_at_any_step_is_finished_by_the_next() {
 async fn instance_passwords_are_kept_encrypted_in_the_store() {
     let folder = tempfile::tempdir().expect("a temporary folder");
     let url = format!("sqlite://{}", folder.path().join("state.db").display());
-    let store = wakafleet::store::Store::open(&url, wakafleet::store::Options::default())
-        .await
-        .expect("a store");
+    let store =
+        wakafleet::store::Store::open(&url.as_str().into(), wakafleet::store::Options::default())
+            .await
+            .expect("a store");
     let key = wakafleet::store::secrets::SecretKey::from_bytes(&[7; 32]);
     let first = driver::database_password(&store, &key, "web")
         .await
@@ -725,15 +607,16 @@ async fn instance_passwords_are_kept_encrypted_in_the_store() {
     for bytes in [&file, &wal] {
         assert!(
             !bytes
-                .windows(first.len())
-                .any(|window| window == first.as_bytes()),
+                .windows(first.expose().len())
+                .any(|window| window == first.expose().as_bytes()),
             "the password is not in the store's files in clear"
         );
     }
     let wrong = wakafleet::store::secrets::SecretKey::from_bytes(&[8; 32]);
-    let store = wakafleet::store::Store::open(&url, wakafleet::store::Options::default())
-        .await
-        .expect("a store");
+    let store =
+        wakafleet::store::Store::open(&url.as_str().into(), wakafleet::store::Options::default())
+            .await
+            .expect("a store");
     assert!(
         driver::database_password(&store, &wrong, "web")
             .await

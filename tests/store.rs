@@ -68,7 +68,7 @@ fn sqlite_url(folder: &tempfile::TempDir, name: &str) -> String {
 }
 
 async fn open(url: &str) -> Store {
-    Store::open(url, Options::default())
+    Store::open(&url.into(), Options::default())
         .await
         .unwrap_or_else(|error| panic!("open {url}: {error:?}"))
 }
@@ -1194,9 +1194,12 @@ async fn a_corrupt_sqlite_file_is_reported_and_left_alone() {
     let path = folder.path().join("state.db");
     let garbage: Vec<u8> = (0..8192_u32).map(|n| (n * 31 % 251) as u8).collect();
     std::fs::write(&path, &garbage).expect("write");
-    let error = Store::open(&format!("sqlite://{}", path.display()), Options::default())
-        .await
-        .expect_err("a corrupt file does not open");
+    let error = Store::open(
+        &format!("sqlite://{}", path.display()).into(),
+        Options::default(),
+    )
+    .await
+    .expect_err("a corrupt file does not open");
     assert!(matches!(error, Error::Corrupt { .. }), "{error:?}");
     let message = error.to_string();
     assert!(message.contains(&path.display().to_string()), "{message}");
@@ -1223,7 +1226,9 @@ async fn postgres_down_at_start_and_during_appends_loses_nothing() {
         retry_for: Duration::from_secs(2),
         ..Options::default()
     };
-    let error = Store::open(&url, quick).await.expect_err("no server");
+    let error = Store::open(&url.as_str().into(), quick)
+        .await
+        .expect_err("no server");
     let message = error.to_string();
     assert!(matches!(error, Error::Unreachable { .. }), "{error:?}");
     assert!(
@@ -1240,7 +1245,7 @@ async fn postgres_down_at_start_and_during_appends_loses_nothing() {
     let opening = tokio::spawn({
         let url = url.clone();
         let patient = patient.clone();
-        async move { Store::open(&url, patient).await }
+        async move { Store::open(&url.as_str().into(), patient).await }
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(

@@ -287,7 +287,7 @@ fn main() {
     let region = Region {
         name: "local".into(),
         docker: "unix:///var/run/docker.sock".into(),
-        database: postgres.admin_url("postgres"),
+        database: postgres.admin_url("postgres").into(),
         backups: backups.path().to_path_buf(),
     };
     let driver = Driver::new(

@@ -146,7 +146,7 @@ fn runtime() -> Runtime {
 
 /// Opens the store as the daemon does: the default options, a pool of 8 connections.
 async fn open(url: &str) -> Store {
-    Store::open(url, StoreOptions::default())
+    Store::open(&url.into(), StoreOptions::default())
         .await
         .unwrap_or_else(|error| panic!("opening the store at {url}: {error}"))
 }

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use wakafleet::store::{self, Backend, Options, Store};
+use wakafleet::{
+    secret::Secret,
+    store::{self, Backend, Options, Store},
+};
 
 use crate::cli;
 
@@ -11,7 +14,7 @@ use crate::cli;
 pub struct StoreArgs {
     /// The store: postgres://USER@HOST/DATABASE or sqlite://PATH.
     #[arg(long = "store", value_name = "URL", env = "WAKAFLEET_STORE", default_value = store::DEFAULT_URL, hide_env_values = true)]
-    pub url: String,
+    pub url: Secret,
     /// How long to wait for an unreachable database, retrying with backoff.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub store_wait: u64,
@@ -21,9 +24,10 @@ impl StoreArgs {
     /// Opens the store. Commands that only read it refuse to create a SQLite file that is
     /// not there, instead of reading an empty new store.
     pub async fn open(&self, create: bool) -> Result<Store, cli::Error> {
-        if !create && Backend::of_url(&self.url) == Some(Backend::Sqlite) {
+        if !create && Backend::of_url(self.url.expose()) == Some(Backend::Sqlite) {
             let path = self
                 .url
+                .expose()
                 .trim_start_matches("sqlite://")
                 .trim_start_matches("sqlite:");
             let path = path.split('?').next().unwrap_or(path);

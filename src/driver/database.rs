@@ -10,13 +10,13 @@ use std::{
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
 
-use crate::{backups, driver::Error};
+use crate::{backups, driver::Error, secret::Secret};
 
 /// A PostgreSQL URL taken apart: `postgres://USER:PASSWORD@HOST:PORT/DATABASE`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServerUrl {
     pub user: String,
-    pub password: String,
+    pub password: Secret,
     pub host: String,
     pub port: u16,
     pub database: String,
@@ -29,16 +29,19 @@ impl std::fmt::Debug for ServerUrl {
 }
 
 impl ServerUrl {
+    /// Takes `url` apart; the error never holds the password.
     pub fn parse(url: &str) -> Result<ServerUrl, String> {
         let rest = url
             .strip_prefix("postgres://")
             .or_else(|| url.strip_prefix("postgresql://"))
             .ok_or("a database URL starts with postgres://")?;
-        let rest = rest.split('?').next().unwrap_or(rest);
-        let (authority, database) = rest.split_once('/').unwrap_or((rest, "postgres"));
-        let (credentials, address) = authority
+        // The user information ends at the last `@`, so a password with an unescaped `/`,
+        // `?` or `@` is still taken whole (as `secret::redact_url` takes it).
+        let (credentials, rest) = rest
             .rsplit_once('@')
             .ok_or("a database URL names its user: postgres://USER:PASSWORD@HOST/DATABASE")?;
+        let rest = rest.split('?').next().unwrap_or(rest);
+        let (address, database) = rest.split_once('/').unwrap_or((rest, "postgres"));
         let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
         let (host, port) = match address.rsplit_once(':') {
             Some((host, port)) => (
@@ -50,7 +53,7 @@ impl ServerUrl {
         };
         Ok(ServerUrl {
             user: percent_decode(user)?,
-            password: percent_decode(password)?,
+            password: Secret::new(percent_decode(password)?),
             host: host.to_string(),
             port,
             database: percent_decode(database)?,
@@ -75,20 +78,20 @@ impl ServerUrl {
             .host(&self.host)
             .port(self.port)
             .username(&self.user)
-            .password(&self.password)
+            .password(self.password.expose())
             .database(&self.database)
     }
 
-    /// The URL with its parts encoded.
-    pub fn url(&self) -> String {
-        format!(
+    /// The URL with its parts encoded: a secret, since it holds the password.
+    pub fn url(&self) -> Secret {
+        Secret::new(format!(
             "postgres://{}:{}@{}:{}/{}",
             percent_encode(&self.user),
-            percent_encode(&self.password),
+            percent_encode(self.password.expose()),
             self.host,
             self.port,
             percent_encode(&self.database)
-        )
+        ))
     }
 }
 
@@ -168,7 +171,7 @@ impl Server {
 
     /// Makes the role (with this password) and its database exist; only the role and the
     /// administrator may connect to the database.
-    pub async fn ensure_database(&self, name: &str, password: &str) -> Result<(), Error> {
+    pub async fn ensure_database(&self, name: &str, password: &Secret) -> Result<(), Error> {
         let mut connection = self.connect(&self.admin.database).await?;
         let role_exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
@@ -177,10 +180,14 @@ impl Server {
                 .await
                 .map_err(|e| self.error(e))?;
         let verb = if role_exists { "ALTER" } else { "CREATE" };
-        // The password is generated hex and the name a checked identifier, so both are safe
-        // to quote; PostgreSQL takes neither as a parameter here.
+        // The server is sent a SCRAM verifier, never the password: a statement is written to
+        // the server's log when it fails (or when statements are logged), and the verifier
+        // tells nothing that opens the role. The verifier is base64 and `$`, `:` and the name
+        // a checked identifier, so both are safe to quote; PostgreSQL takes neither as a
+        // parameter here.
+        let verifier = scram_verifier(password)?;
         sqlx::raw_sql(&format!(
-            "{verb} ROLE \"{name}\" LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE"
+            "{verb} ROLE \"{name}\" LOGIN PASSWORD '{verifier}' NOSUPERUSER NOCREATEDB NOCREATEROLE"
         ))
         .execute(&mut connection)
         .await
@@ -424,7 +431,7 @@ impl Server {
             .env("PGHOST", &self.admin.host)
             .env("PGPORT", self.admin.port.to_string())
             .env("PGUSER", &self.admin.user)
-            .env("PGPASSWORD", &self.admin.password)
+            .env("PGPASSWORD", self.admin.password.expose())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -450,6 +457,45 @@ impl Server {
             })
         }
     }
+}
+
+/// The iterations of a SCRAM verifier: PostgreSQL's default (`scram_iterations`).
+const SCRAM_ITERATIONS: u32 = 4096;
+
+/// The SCRAM-SHA-256 verifier of `password` as PostgreSQL stores it (RFC 5802 and 7677):
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, in base64. Given as a role's
+/// `PASSWORD`, PostgreSQL keeps it as it is.
+///
+/// PostgreSQL runs a password through SASLprep first; the generated passwords are hex,
+/// which SASLprep leaves as it is.
+pub fn scram_verifier(password: &Secret) -> Result<String, Error> {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    use hmac::{Hmac, Mac};
+    type HmacSha256 = Hmac<Sha256>;
+
+    let mut salt = [0; 16];
+    getrandom::fill(&mut salt)
+        .map_err(|error| Error::Invalid(format!("no randomness for a salt: {error}")))?;
+    let mut salted = [0; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(
+        password.expose().as_bytes(),
+        &salt,
+        SCRAM_ITERATIONS,
+        &mut salted,
+    );
+    let key = |text: &[u8]| {
+        let mut mac = HmacSha256::new_from_slice(&salted).expect("HMAC takes a key of any length");
+        mac.update(text);
+        mac.finalize().into_bytes()
+    };
+    let stored_key = Sha256::digest(key(b"Client Key"));
+    let server_key = key(b"Server Key");
+    Ok(format!(
+        "SCRAM-SHA-256${SCRAM_ITERATIONS}:{}${}:{}",
+        STANDARD.encode(salt),
+        STANDARD.encode(stored_key),
+        STANDARD.encode(server_key)
+    ))
 }
 
 fn path_text(path: &Path) -> Result<&str, Error> {
@@ -497,14 +543,20 @@ mod tests {
         let url = ServerUrl::parse("postgres://admin:p%40ss@db.example:6543/fleet?sslmode=disable")
             .expect("a URL");
         assert_eq!(url.user, "admin");
-        assert_eq!(url.password, "p@ss");
+        assert_eq!(url.password.expose(), "p@ss");
         assert_eq!((url.host.as_str(), url.port), ("db.example", 6543));
         assert_eq!(url.database, "fleet");
         assert_eq!(url.shown(), "db.example:6543");
-        assert_eq!(ServerUrl::parse(&url.url()).expect("a URL"), url);
+        assert_eq!(ServerUrl::parse(url.url().expose()).expect("a URL"), url);
         assert!(!format!("{url:?}").contains("p@ss"));
         let bare = ServerUrl::parse("postgres://admin@db").expect("a URL");
         assert_eq!((bare.port, bare.database.as_str()), (5432, "postgres"));
+        let slashed = ServerUrl::parse("postgres://app:s3cr/et?pw@db:5432/fleet").expect("a URL");
+        assert_eq!(slashed.password.expose(), "s3cr/et?pw");
+        assert_eq!(
+            (slashed.host.as_str(), slashed.database.as_str()),
+            ("db", "fleet")
+        );
         assert!(ServerUrl::parse("mysql://x@y/z").is_err());
         assert!(ServerUrl::parse("postgres://db/z").is_err());
     }

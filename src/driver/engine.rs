@@ -17,7 +17,7 @@ use bollard::{
 };
 use futures_util::StreamExt;
 
-use crate::driver::Error;
+use crate::{driver::Error, secret::Secret};
 
 /// A region's engine, with what its errors must name.
 #[derive(Clone, Debug)]
@@ -33,7 +33,8 @@ pub struct ContainerSpec {
     pub name: String,
     pub image: String,
     pub command: Vec<String>,
-    pub env: Vec<String>,
+    /// Variables by name; the values hold the database URL and `env:` secrets.
+    pub env: Vec<(String, Secret)>,
     pub labels: HashMap<String, String>,
     pub network: String,
     pub volume: Option<(String, String)>,
@@ -224,7 +225,12 @@ impl Engine {
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: Some(spec.command.clone()),
-            env: Some(spec.env.clone()),
+            env: Some(
+                spec.env
+                    .iter()
+                    .map(|(name, value)| format!("{name}={}", value.expose()))
+                    .collect(),
+            ),
             labels: Some(spec.labels.clone()),
             // Docker takes what is left unset here from the image's health check.
             healthcheck: spec.health_start_interval.map(|interval| HealthConfig {

@@ -36,7 +36,7 @@ use std::{
 use semver::Version;
 use sha2::{Digest, Sha256};
 
-use crate::{backups, model::Resources};
+use crate::{backups, model::Resources, secret::Secret};
 use database::{Backup, Server, ServerUrl};
 use engine::{ContainerSpec, Engine};
 
@@ -80,7 +80,7 @@ pub struct Region {
     /// The Docker endpoint, `unix://…` or `tcp://…`.
     pub docker: String,
     /// The administrator's URL of the region's PostgreSQL server, resolved from its `env:`.
-    pub database: String,
+    pub database: Secret,
     /// The folder backups are written to.
     pub backups: PathBuf,
 }
@@ -275,11 +275,11 @@ fn nano_cpus(resources: Resources) -> i64 {
 }
 
 /// A new database password: 32 random bytes in hex.
-pub fn generate_password() -> Result<String, Error> {
+pub fn generate_password() -> Result<Secret, Error> {
     let mut bytes = [0; 32];
     getrandom::fill(&mut bytes)
         .map_err(|error| Error::Invalid(format!("no randomness for a password: {error}")))?;
-    Ok(hex::encode(bytes))
+    Ok(Secret::new(hex::encode(bytes)))
 }
 
 /// A region's engine and server, and what the driver does with them.
@@ -296,7 +296,7 @@ pub struct Driver {
 impl Driver {
     /// A driver for `region`; nothing is contacted until an operation runs.
     pub fn new(region: &Region, options: Options) -> Result<Driver, Error> {
-        let admin = ServerUrl::parse(&region.database).map_err(|reason| {
+        let admin = ServerUrl::parse(region.database.expose()).map_err(|reason| {
             Error::Invalid(format!(
                 "region `{}`: its database URL: {reason}",
                 region.name
@@ -337,11 +337,11 @@ impl Driver {
     }
 
     /// The URL the instance's containers use: its own role and database.
-    fn instance_database_url(&self, instance: &str, password: &str) -> String {
+    fn instance_database_url(&self, instance: &str, password: &Secret) -> Secret {
         let name = database_name(instance);
         ServerUrl {
             user: name.clone(),
-            password: password.to_string(),
+            password: password.clone(),
             host: self.container_database_host.clone(),
             port: self.server.admin.port,
             database: name,
@@ -349,11 +349,13 @@ impl Driver {
         .url()
     }
 
-    fn spec(&self, target: &Target, role: Role, password: &str) -> Result<ContainerSpec, Error> {
-        let mut env: Vec<String> = target
+    fn spec(&self, target: &Target, role: Role, password: &Secret) -> Result<ContainerSpec, Error> {
+        // Every value travels as a secret: `env:` values and the database URL are, and the
+        // rest costs nothing to hide.
+        let mut env: Vec<(String, Secret)> = target
             .environment
             .iter()
-            .map(|(name, value)| format!("{name}={value}"))
+            .map(|(name, value)| (name.clone(), Secret::new(value.as_str())))
             .collect();
         for (name, reference) in &target.secrets {
             let variable = reference.strip_prefix("env:").unwrap_or(reference);
@@ -363,14 +365,17 @@ impl Driver {
                     target.instance
                 ))
             })?;
-            env.push(format!("{name}={value}"));
+            env.push((name.clone(), Secret::new(value)));
         }
-        env.push(format!(
-            "DATABASE_URL={}",
-            self.instance_database_url(&target.instance, password)
+        env.push((
+            "DATABASE_URL".into(),
+            self.instance_database_url(&target.instance, password),
         ));
-        env.push(format!("PORT={PORT}"));
-        env.push(format!("WAKAFLEET_INSTANCE={}", target.instance));
+        env.push(("PORT".into(), Secret::new(PORT.to_string())));
+        env.push((
+            "WAKAFLEET_INSTANCE".into(),
+            Secret::new(target.instance.as_str()),
+        ));
         let mut labels = self.labels(&target.instance);
         labels.insert(labels::ROLE.into(), role.to_string());
         labels.insert(labels::RELEASE.into(), target.version.to_string());
@@ -425,14 +430,14 @@ impl Driver {
     }
 
     /// database: the instance's role (with `password`) and database.
-    pub async fn database(&self, instance: &str, password: &str) -> Result<(), Error> {
+    pub async fn database(&self, instance: &str, password: &Secret) -> Result<(), Error> {
         self.server
             .ensure_database(&database_name(instance), password)
             .await
     }
 
     /// containers: app and worker as the target says, replacing any that differ.
-    pub async fn containers(&self, target: &Target, password: &str) -> Result<(), Error> {
+    pub async fn containers(&self, target: &Target, password: &Secret) -> Result<(), Error> {
         tokio::try_join!(
             self.container(target, Role::App, password),
             self.container(target, Role::Worker, password)
@@ -445,7 +450,7 @@ impl Driver {
         &self,
         target: &Target,
         role: Role,
-        password: &str,
+        password: &Secret,
     ) -> Result<(), Error> {
         let spec = self.spec(target, role, password)?;
         self.engine.ensure_running(&spec).await
@@ -644,7 +649,7 @@ impl Driver {
     // The operations.
 
     /// Provisions an instance from nothing, or finishes one a crash interrupted.
-    pub async fn provision(&self, target: &Target, password: &str) -> Result<(), Error> {
+    pub async fn provision(&self, target: &Target, password: &Secret) -> Result<(), Error> {
         self.validate(target).await?;
         tokio::try_join!(
             self.allocate(&target.instance),
@@ -658,7 +663,7 @@ impl Driver {
 
     /// Applies a new configuration (environment): containers whose configuration hash
     /// differs are replaced.
-    pub async fn configure(&self, target: &Target, password: &str) -> Result<(), Error> {
+    pub async fn configure(&self, target: &Target, password: &Secret) -> Result<(), Error> {
         self.validate(target).await?;
         self.containers(target, password).await?;
         self.migrations(target).await?;
@@ -691,7 +696,7 @@ impl Driver {
     }
 
     /// Starts what suspend stopped (recreating anything missing) and waits for health.
-    pub async fn resume(&self, target: &Target, password: &str) -> Result<(), Error> {
+    pub async fn resume(&self, target: &Target, password: &Secret) -> Result<(), Error> {
         self.validate(target).await?;
         self.allocate(&target.instance).await?;
         self.containers(target, password).await?;
@@ -725,7 +730,7 @@ impl Driver {
     pub async fn restore(
         &self,
         target: &Target,
-        password: &str,
+        password: &Secret,
         name: &str,
     ) -> Result<Backup, Error> {
         self.suspend(&target.instance).await?;
@@ -754,7 +759,7 @@ impl Driver {
         &self,
         from: &Target,
         to: &Target,
-        password: &str,
+        password: &Secret,
     ) -> Result<Backup, Error> {
         self.validate(to).await?;
         let backup = self
@@ -775,7 +780,7 @@ impl Driver {
         &self,
         from: &Target,
         to: &Target,
-        password: &str,
+        password: &Secret,
     ) -> Result<Backup, Error> {
         self.validate(to).await?;
         let folder = self.backups_folder(&to.instance);
@@ -805,7 +810,7 @@ impl Driver {
         &self,
         from: &Target,
         to: &Target,
-        password: &str,
+        password: &Secret,
         kept: &Backup,
         restore: Option<&Backup>,
     ) -> Result<(), Error> {
@@ -964,7 +969,7 @@ pub async fn database_password(
     store: &crate::store::Store,
     key: &crate::store::secrets::SecretKey,
     instance: &str,
-) -> Result<String, Error> {
+) -> Result<Secret, Error> {
     const NAME: &str = "database_password";
     let stored = store.secret(key, instance, NAME).await.map_err(|error| {
         Error::Invalid(format!("reading the password of `{instance}`: {error}"))

@@ -10,7 +10,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::store::audit::{Anchor, Hash, Head};
+use crate::{
+    secret::Secret,
+    store::audit::{Anchor, Hash, Head},
+};
 
 /// One line of a checkpoint file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,16 +112,17 @@ pub fn parse_file(text: &str, trusted: &VerifyingKey) -> Result<Vec<Anchor>, Err
 
 /// Reads a key given as `env:NAME` (or as its hex text) into 32 bytes.
 fn key_bytes(reference: &str, what: &str) -> Result<[u8; 32], Error> {
+    // A signing key's text is a secret; a public key's costs nothing to treat as one.
     let text = match reference.strip_prefix("env:") {
-        Some(name) => std::env::var(name).map_err(|_| {
+        Some(name) => std::env::var(name).map(Secret::new).map_err(|_| {
             Error::Key(format!(
                 "the {what} is to come from the environment variable {name}, which is not set"
             ))
         })?,
-        None => reference.to_string(),
+        None => Secret::new(reference),
     };
     let mut bytes = [0; 32];
-    hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| {
+    hex::decode_to_slice(text.expose().trim(), &mut bytes).map_err(|_| {
         Error::Key(format!(
             "the {what} must be 64 hex digits (32 bytes); `wakafleet audit keygen` makes a pair"
         ))

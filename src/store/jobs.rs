@@ -730,7 +730,7 @@ mod tests {
     async fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let store = Store::open(&url, Options::default())
+        let store = Store::open(&url.as_str().into(), Options::default())
             .await
             .expect("a store");
         (dir, store)

@@ -25,6 +25,8 @@ use sqlx::{
     any::{AnyArguments, AnyPoolOptions},
 };
 
+use crate::secret::{Secret, redact_url};
+
 /// Where the store is when neither `--store` nor `WAKAFLEET_STORE` says.
 pub const DEFAULT_URL: &str = "sqlite://.wakafleet/state.db";
 
@@ -69,6 +71,7 @@ impl Default for Options {
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The URL as shown: [`Error::url`] redacts it.
     #[error("`{0}` is not a store URL: use postgres://USER@HOST/DATABASE or sqlite://PATH")]
     Url(String),
     #[error(
@@ -105,6 +108,13 @@ pub enum Error {
     Invalid(String),
 }
 
+impl Error {
+    /// A URL that names no store, its password redacted.
+    fn url(url: &str) -> Error {
+        Error::Url(redact_url(url))
+    }
+}
+
 /// The store.
 #[derive(Debug)]
 pub struct Store {
@@ -119,10 +129,11 @@ pub struct Store {
 impl Store {
     /// Opens the store at `url`, waiting up to `options.retry_for` for the database, and
     /// applies any migration this build has that the store lacks.
-    pub async fn open(url: &str, options: Options) -> Result<Store, Error> {
+    pub async fn open(url: &Secret, options: Options) -> Result<Store, Error> {
         sqlx::any::install_default_drivers();
-        let backend = Backend::of_url(url).ok_or_else(|| Error::Url(url.to_string()))?;
-        let shown = redact(url);
+        let url = url.expose();
+        let backend = Backend::of_url(url).ok_or_else(|| Error::url(url))?;
+        let shown = redact_url(url);
         let connect_url = match backend {
             Backend::Sqlite => sqlite_url(url)?,
             Backend::Postgres => url.to_string(),
@@ -294,7 +305,7 @@ fn sqlite_path(url: &str) -> &str {
 fn sqlite_url(url: &str) -> Result<String, Error> {
     let path = sqlite_path(url);
     if path.is_empty() {
-        return Err(Error::Url(url.to_string()));
+        return Err(Error::url(url));
     }
     if path != ":memory:"
         && let Some(folder) = std::path::Path::new(path).parent()
@@ -314,22 +325,6 @@ fn sqlite_url(url: &str) -> Result<String, Error> {
     } else {
         format!("{url}?mode=rwc")
     })
-}
-
-/// `url` with its password replaced by `***`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((credentials, host)) => match credentials.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
 }
 
 /// SQL built at run time with `$n` placeholders, and the values they stand for.
@@ -412,16 +407,14 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_not_shown() {
+    fn a_url_that_is_not_a_store_url_is_named_without_its_password() {
+        let error = sqlite_url("sqlite://").expect_err("no path");
         assert_eq!(
-            redact("postgres://app:s3cret@db:5432/fleet"),
-            "postgres://app:***@db:5432/fleet"
+            error.to_string(),
+            "`sqlite://` is not a store URL: use postgres://USER@HOST/DATABASE or sqlite://PATH"
         );
-        assert_eq!(redact("postgres://app@db/fleet"), "postgres://app@db/fleet");
-        assert_eq!(
-            redact("sqlite://.wakafleet/state.db"),
-            "sqlite://.wakafleet/state.db"
-        );
+        let error = Error::url("postgress://app:s3cr/etpw@localhost/db");
+        assert!(!error.to_string().contains("s3cr"), "{error}");
     }
 
     #[test]

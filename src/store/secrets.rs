@@ -7,7 +7,10 @@ use chacha20poly1305::{
     aead::{Aead, Payload},
 };
 
-use crate::store::{Error, Store, micros, now};
+use crate::{
+    secret::Secret,
+    store::{Error, Store, micros, now},
+};
 
 /// The key secrets are sealed with.
 pub struct SecretKey(ChaCha20Poly1305);
@@ -24,13 +27,13 @@ impl SecretKey {
         let name = reference.strip_prefix("env:").ok_or_else(|| {
             Error::Invalid("the secrets key must be given as an `env:NAME` reference".into())
         })?;
-        let text = std::env::var(name).map_err(|_| {
+        let text = std::env::var(name).map(Secret::new).map_err(|_| {
             Error::Invalid(format!(
                 "the secrets key is to come from the environment variable {name}, which is not set"
             ))
         })?;
         let mut bytes = [0; 32];
-        hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| {
+        hex::decode_to_slice(text.expose().trim(), &mut bytes).map_err(|_| {
             Error::Invalid(format!(
                 "the environment variable {name} must hold 64 hex digits (a 32-byte key)"
             ))
@@ -105,9 +108,9 @@ impl Store {
         key: &SecretKey,
         owner: &str,
         name: &str,
-        plaintext: &str,
+        plaintext: &Secret,
     ) -> Result<(), Error> {
-        let (nonce, ciphertext) = key.seal(owner, name, plaintext)?;
+        let (nonce, ciphertext) = key.seal(owner, name, plaintext.expose())?;
         self.retrying(|| {
             sqlx::query(
                 "INSERT INTO secrets (owner, name, nonce, ciphertext, updated_at_us) VALUES ($1, $2, $3, $4, $5) \
@@ -130,7 +133,7 @@ impl Store {
         key: &SecretKey,
         owner: &str,
         name: &str,
-    ) -> Result<Option<String>, Error> {
+    ) -> Result<Option<Secret>, Error> {
         let row: Option<(Vec<u8>, Vec<u8>)> = self
             .retrying(|| {
                 sqlx::query_as(
@@ -141,7 +144,7 @@ impl Store {
                 .fetch_optional(self.pool())
             })
             .await?;
-        row.map(|(nonce, ciphertext)| key.open(owner, name, &nonce, &ciphertext))
+        row.map(|(nonce, ciphertext)| key.open(owner, name, &nonce, &ciphertext).map(Secret::new))
             .transpose()
     }
 

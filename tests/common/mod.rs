@@ -3,6 +3,7 @@
 
 #![allow(dead_code, reason = "each test binary uses part of the helpers")]
 
+pub mod docker;
 pub mod postgres;
 
 use std::{

@@ -447,7 +447,7 @@ mod tests {
 
     async fn open(folder: &tempfile::TempDir) -> Store {
         let url = format!("sqlite://{}", folder.path().join("state.db").display());
-        Store::open(&url, Options::default())
+        Store::open(&url.as_str().into(), Options::default())
             .await
             .expect("a store")
     }

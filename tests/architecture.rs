@@ -70,7 +70,7 @@ fn std_imports(text: &str) -> Vec<String> {
 }
 
 fn first_segment(path: &str) -> String {
-    path.split(|c: char| c == ':' || c == '{' || c == ' ')
+    path.split([':', '{', ' '])
         .next()
         .unwrap_or_default()
         .to_string()

@@ -135,10 +135,10 @@ fn key_bytes(reference: &str, what: &str) -> Result<[u8; 32], Error> {
 /// line.
 pub fn signing_key(reference: &str) -> Result<SigningKey, Error> {
     if !reference.starts_with("env:") {
-        return Err(Error::Key(format!(
-            "the signing key must be an `env:NAME` reference, not `{}…`",
-            reference.chars().take(4).collect::<String>()
-        )));
+        // Not one character of what was given is shown: it may be the key.
+        return Err(Error::Key(
+            "the signing key must be an `env:NAME` reference, not the key itself".into(),
+        ));
     }
     Ok(SigningKey::from_bytes(&key_bytes(
         reference,

@@ -135,3 +135,19 @@ fn the_core_does_no_io() {
         offences.join("\n")
     );
 }
+
+#[test]
+fn plan_fields_is_a_leaf_that_imports_no_other_part_of_plan() {
+    // `plan::actual` builds on `plan::fields`; an import the other way made a cycle once.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/plan/fields.rs");
+    let text = std::fs::read_to_string(&path).expect("read plan/fields.rs");
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    for other in ["actual", "render", "snapshot"] {
+        assert!(
+            !compact.contains(&format!("plan::{other}"))
+                && !compact.contains(&format!("plan::{{{other}"))
+                && !compact.contains(&format!("super::{other}")),
+            "plan/fields.rs imports plan::{other}"
+        );
+    }
+}

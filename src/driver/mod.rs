@@ -992,6 +992,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_error_names_its_cause_once_as_its_source() {
+        let error = Error::Database {
+            region: "ng-lagos".into(),
+            endpoint: "db:5432".into(),
+            source: sqlx::Error::Protocol("the server hung up".into()),
+        };
+        assert_eq!(
+            error.to_string(),
+            "region `ng-lagos`: the PostgreSQL server at db:5432 failed"
+        );
+        let source = std::error::Error::source(&error).expect("a source");
+        assert!(
+            source.to_string().contains("the server hung up"),
+            "{source}"
+        );
+    }
+
+    #[test]
     fn long_instance_names_give_distinct_database_names_within_63_bytes() {
         let long = "a".repeat(63);
         let other = format!("{}b", "a".repeat(62));

@@ -53,13 +53,17 @@ fn fleet(partner: &str, instances: &[(&str, &str)]) -> Validation {
 
 const SMALL: &str = "size = \"small\"\nversion = \"1.0.0\"\n";
 
-/// The actions planned from `base` to `head`, as `kind id status`.
-fn check(base: Validation, mut head: Validation) -> Vec<String> {
+/// The actions planned from `base` (as converged) to `head`.
+fn planned(base: Validation, mut head: Validation) -> Vec<crate::plan::Action> {
     let at: DateTime<Utc> = "2026-01-07T12:00:00Z".parse().expect("a time");
     let actual = converged_base(&base.fleet);
     let desired = head.take_valid().expect("a valid head");
-    compute(&desired, &head.sources, &actual, at)
-        .actions
+    compute(&desired, &head.sources, &actual, at).actions
+}
+
+/// The actions planned from `base` to `head`, as `kind id status`.
+fn check(base: Validation, head: Validation) -> Vec<String> {
+    planned(base, head)
         .iter()
         .map(|action| {
             format!(
@@ -185,12 +189,8 @@ fn large_fleets_planned_on_several_threads_lose_and_repeat_nothing() {
 }
 
 /// The reasons of the actions planned from `base` to `head`.
-fn reasons(base: Validation, mut head: Validation) -> Vec<String> {
-    let at: DateTime<Utc> = "2026-01-07T12:00:00Z".parse().expect("a time");
-    let actual = converged_base(&base.fleet);
-    let desired = head.take_valid().expect("a valid head");
-    compute(&desired, &head.sources, &actual, at)
-        .actions
+fn reasons(base: Validation, head: Validation) -> Vec<String> {
+    planned(base, head)
         .into_iter()
         .map(|action| action.reason)
         .collect()

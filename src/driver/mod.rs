@@ -475,7 +475,7 @@ impl Driver {
             if missing.is_empty() {
                 break;
             }
-            if round % LIVENESS_EVERY == 0 {
+            if round.is_multiple_of(LIVENESS_EVERY) {
                 for role in Role::ALL {
                     self.running(
                         &container_name(&target.instance, role.as_str()),
@@ -572,7 +572,7 @@ impl Driver {
                 }
                 _ => unhealthy_since = None,
             }
-            if round % LIVENESS_EVERY == 0 {
+            if round.is_multiple_of(LIVENESS_EVERY) {
                 self.running(name, "health").await?;
             }
             round += 1;

@@ -14,5 +14,6 @@ pub mod secret;
 
 pub mod source;
 pub mod store;
+pub mod queue;
 pub mod image;
 pub mod driver;

@@ -109,7 +109,7 @@ impl Driver {
             if missing.is_empty() {
                 break;
             }
-            if round % LIVENESS_EVERY == 0 {
+            if round.is_multiple_of(LIVENESS_EVERY) {
                 for role in Role::ALL {
                     self.running(
                         &container_name(&target.instance, role.as_str()),
@@ -425,7 +425,7 @@ impl Driver {
                 }
                 _ => unhealthy_since = None,
             }
-            if round % LIVENESS_EVERY == 0 {
+            if round.is_multiple_of(LIVENESS_EVERY) {
                 self.running(name, "health").await?;
             }
             round += 1;

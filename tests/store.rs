@@ -137,7 +137,7 @@ fn record(n: usize) -> Record {
             id: format!("user{}", n % 3),
             email: Some(format!("user{}@example.com", n % 3)),
         },
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             "instance.provision"
         } else {
             "instance.upgrade.step.migrate"
@@ -1286,6 +1286,7 @@ async fn schedules(fixture: &Fixture) {
         timezone: "Africa/Lagos".into(),
         job_kind: JobKind::Backup,
         instance: Some("web".into()),
+        region: "ng-lagos".into(),
         payload: serde_json::json!({}),
         enabled: true,
         last_run_at: None,

@@ -8,7 +8,7 @@
 -- first try took instead of taking a second one. A running job with `cancel_requested_at_us`
 -- is cancelling: it keeps its instance's slot until its worker stops at a step boundary.
 -- `region` is the region of the job's instance, so workers beside one region's engine take
--- only its jobs.
+-- only its jobs; a schedule's `region` is that of the jobs it enqueues.
 --
 -- Steps keep the job attempt that last started them (`job_attempt`), so a step start
 -- retried within one attempt counts once, and what a step left for later steps (`output`,
@@ -20,5 +20,6 @@ ALTER TABLE jobs ADD COLUMN stalls BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN cancel_requested_at_us BIGINT;
 CREATE INDEX jobs_claim ON jobs (claim);
 CREATE INDEX jobs_leases ON jobs (status, lease_until_us);
+ALTER TABLE schedules ADD COLUMN region TEXT NOT NULL DEFAULT '';
 ALTER TABLE job_steps ADD COLUMN job_attempt BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE job_steps ADD COLUMN output TEXT;

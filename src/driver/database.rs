@@ -187,12 +187,13 @@ impl Server {
         // a checked identifier, so both are safe to quote; PostgreSQL takes neither as a
         // parameter here.
         let verifier = scram_verifier(password)?;
-        sqlx::raw_sql(&format!(
-            "{verb} ROLE \"{name}\" LOGIN PASSWORD '{verifier}' NOSUPERUSER NOCREATEDB NOCREATEROLE"
-        ))
-        .execute(&mut connection)
-        .await
-        .map_err(|e| self.error(e))?;
+        self.raw(
+            &mut connection,
+            format!(
+                "{verb} ROLE \"{name}\" LOGIN PASSWORD '{verifier}' NOSUPERUSER NOCREATEDB NOCREATEROLE"
+            ),
+        )
+        .await?;
         let database_exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
                 .bind(name)
@@ -200,18 +201,38 @@ impl Server {
                 .await
                 .map_err(|e| self.error(e))?;
         if !database_exists {
-            sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\" OWNER \"{name}\""))
-                .execute(&mut connection)
+            self.raw(
+                &mut connection,
+                format!("CREATE DATABASE \"{name}\" OWNER \"{name}\""),
+            )
+            .await?;
+        }
+        self.raw(
+            &mut connection,
+            format!(
+                "REVOKE ALL ON DATABASE \"{name}\" FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE \"{name}\" TO \"{name}\""
+            ),
+        )
+        .await?;
+        connection.close().await.map_err(|e| self.error(e))
+    }
+
+    /// Runs statements without parameters. Boxed with the connection's own `execute`: the
+    /// future of `RawSql::execute` is generic over its executor, and a job step that awaits
+    /// it cannot be shown to be `Send` (rust-lang/rust#102211).
+    fn raw<'a>(
+        &'a self,
+        connection: &'a mut PgConnection,
+        sql: String,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            // Through the connection's own (boxed) `execute`: `RawSql::execute`'s future is
+            // generic over the executor, which defeats the `Send` proof.
+            sqlx::Executor::execute(&mut *connection, sqlx::raw_sql(&sql))
                 .await
                 .map_err(|e| self.error(e))?;
-        }
-        sqlx::raw_sql(&format!(
-            "REVOKE ALL ON DATABASE \"{name}\" FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE \"{name}\" TO \"{name}\""
-        ))
-        .execute(&mut connection)
-        .await
-        .map_err(|e| self.error(e))?;
-        connection.close().await.map_err(|e| self.error(e))
+            Ok(())
+        })
     }
 
     pub async fn database_exists(&self, name: &str) -> Result<bool, Error> {
@@ -235,10 +256,7 @@ impl Server {
             format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
             format!("DROP ROLE IF EXISTS \"{name}\""),
         ] {
-            sqlx::raw_sql(&statement)
-                .execute(&mut connection)
-                .await
-                .map_err(|e| self.error(e))?;
+            self.raw(&mut connection, statement).await?;
         }
         connection.close().await.map_err(|e| self.error(e))
     }

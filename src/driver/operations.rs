@@ -191,11 +191,11 @@ impl Driver {
         purpose: backups::Purpose<'_>,
     ) -> Result<Backup, Error> {
         let instance = &to.instance;
-        if !self.runs(instance, from).await? {
-            if let Some(backup) = self.latest_backup(instance, purpose).await? {
-                tracing::info!(instance, backup = %backup.name, "resuming a version change that was cut off");
-                return Ok(backup);
-            }
+        if !self.runs(instance, from).await?
+            && let Some(backup) = self.latest_backup(instance, purpose).await?
+        {
+            tracing::info!(instance, backup = %backup.name, "resuming a version change that was cut off");
+            return Ok(backup);
         }
         self.backup_for(instance, purpose).await
     }

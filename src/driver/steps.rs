@@ -100,11 +100,11 @@ impl Driver {
         let mut round = 0_u32;
         loop {
             let applied = self.server.applied_migrations(&mut connection).await?;
-            let missing: Vec<&str> = target
+            let missing: Vec<String> = target
                 .migrations
                 .iter()
                 .filter(|name| !applied.contains(name))
-                .map(String::as_str)
+                .cloned()
                 .collect();
             if missing.is_empty() {
                 break;

@@ -374,6 +374,67 @@ impl Store {
         }
     }
 
+    /// Hands a running attempt's job back to the queue, due at once, as a worker that shuts
+    /// down between steps does: the next claim is a new attempt, and no stall is counted.
+    /// A job asked to stop is cancelled instead. Fails with [`Error::Fenced`] when the
+    /// attempt no longer holds the job.
+    pub async fn release(&self, lease: &Lease, at: DateTime<Utc>) -> Result<Job, Error> {
+        let sql = format!(
+            "UPDATE jobs SET \
+             status = CASE WHEN cancel_requested_at_us IS NULL THEN 'pending' ELSE 'cancelled' END, \
+             finished_at_us = CASE WHEN cancel_requested_at_us IS NULL THEN NULL ELSE $3 END, \
+             not_before_us = $3, lease_until_us = NULL, claim = NULL WHERE {FENCE} \
+             RETURNING {JOB_COLUMNS}"
+        );
+        let row = self
+            .retrying(|| {
+                sqlx::query(&sql)
+                    .bind(lease.job.as_str())
+                    .bind(lease.attempt)
+                    .bind(micros(at))
+                    .fetch_optional(self.pool())
+            })
+            .await?;
+        match row {
+            Some(row) => job_from_row(&row),
+            None => Err(self.fenced(lease, at).await),
+        }
+    }
+
+    /// Marks every step before `position` that ran (succeeded, failed or cut off) as
+    /// compensated, once a rollback undid them: the next attempt runs them again. Returns how
+    /// many were marked; fails with [`Error::Fenced`] when the attempt no longer holds the
+    /// job.
+    pub async fn compensate_steps(
+        &self,
+        lease: &Lease,
+        position: i64,
+        at: DateTime<Utc>,
+    ) -> Result<u64, Error> {
+        let sql = format!(
+            "UPDATE job_steps SET status = 'compensated', finished_at_us = COALESCE(finished_at_us, $3) \
+             WHERE job_id = $1 AND position < $4 AND status IN ('succeeded', 'failed', 'running') \
+             AND EXISTS (SELECT 1 FROM jobs WHERE {FENCE})"
+        );
+        let result = self
+            .retrying(|| {
+                sqlx::query(&sql)
+                    .bind(lease.job.as_str())
+                    .bind(lease.attempt)
+                    .bind(micros(at))
+                    .bind(position)
+                    .execute(self.pool())
+            })
+            .await?;
+        if result.rows_affected() == 0 {
+            // Nothing to mark, or fenced off: only the second is an error.
+            if let Error::Fenced { .. } = self.fenced(lease, at).await {
+                return Err(self.fenced(lease, at).await);
+            }
+        }
+        Ok(result.rows_affected())
+    }
+
     /// The recorded steps of a job, by position.
     pub async fn steps(&self, job_id: &str) -> Result<Vec<Step>, Error> {
         let sql =

@@ -22,6 +22,8 @@ pub struct Schedule {
     pub job_kind: JobKind,
     /// The instance the job is for; none for a schedule over the whole fleet.
     pub instance: Option<String>,
+    /// The region of the jobs it enqueues.
+    pub region: String,
     /// The payload of the jobs it enqueues.
     pub payload: serde_json::Value,
     pub enabled: bool,
@@ -31,16 +33,16 @@ pub struct Schedule {
 }
 
 const SCHEDULE_COLUMNS: &str = "name, cron, timezone, job_kind, instance, payload, enabled, \
-     last_run_at_us, next_run_at_us";
+     last_run_at_us, next_run_at_us, region";
 
 impl Store {
     /// Records a schedule, replacing the one of the same name.
     pub async fn put_schedule(&self, schedule: &Schedule) -> Result<(), Error> {
         let sql = format!(
-            "INSERT INTO schedules ({SCHEDULE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+            "INSERT INTO schedules ({SCHEDULE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, timezone = excluded.timezone, \
              job_kind = excluded.job_kind, instance = excluded.instance, payload = excluded.payload, \
-             enabled = excluded.enabled, last_run_at_us = excluded.last_run_at_us, \
+             enabled = excluded.enabled, region = excluded.region, last_run_at_us = excluded.last_run_at_us, \
              next_run_at_us = excluded.next_run_at_us"
         );
         let payload = schedule.payload.to_string();
@@ -55,6 +57,7 @@ impl Store {
                 .bind(i64::from(schedule.enabled))
                 .bind(schedule.last_run_at.map(micros))
                 .bind(micros(schedule.next_run_at))
+                .bind(schedule.region.as_str())
                 .execute(self.pool())
         })
         .await?;
@@ -161,6 +164,7 @@ fn schedule_from_row(row: &AnyRow) -> Result<Schedule, Error> {
         enabled: row.try_get::<i64, _>(6)? != 0,
         last_run_at: last_run_at.map(time).transpose()?,
         next_run_at: time(row.try_get(8)?)?,
+        region: row.try_get(9)?,
         name,
     })
 }

@@ -60,10 +60,25 @@ pub struct Args {
     /// Fire due schedules (backups, health checks) too.
     #[arg(long)]
     pub schedules: bool,
+    /// A label (KEY=VALUE) put on every container, network and volume this worker makes,
+    /// beside wakafleet's own; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
-    let drivers = drivers(&args.fleet, &args.regions)?;
+    let driver_options = driver::Options {
+        labels: args.labels.iter().cloned().collect(),
+        ..driver::Options::default()
+    };
+    let drivers = drivers(&args.fleet, &args.regions, &driver_options)?;
     let key = SecretKey::from_reference(&args.secrets_key)?;
     let host = hostname();
     let name = args.name.clone().unwrap_or_else(|| {
@@ -151,10 +166,7 @@ pub fn drivers(
             database: resolve(&region.database.value, name, "database")?,
             backups: PathBuf::from(&region.backups),
         };
-        drivers.insert(
-            name.clone(),
-            Driver::new(&region, driver::Options::default())?,
-        );
+        drivers.insert(name.clone(), Driver::new(&region, options.clone())?);
     }
     Ok(drivers)
 }

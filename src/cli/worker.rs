@@ -132,6 +132,7 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
 pub fn drivers(
     folder: &std::path::Path,
     only: &[String],
+    options: &driver::Options,
 ) -> Result<BTreeMap<String, Driver>, cli::Error> {
     let limits = Limits::default();
     let inputs = source::read_folder(folder, &limits)?;

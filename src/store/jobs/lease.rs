@@ -105,16 +105,17 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<Job>, Error> {
         let token = uuid::Uuid::new_v4().to_string();
-        self.claim_with_token(claimant, now, &token).await
+        self.claim_with_token(claimant, now, &token, false).await
     }
 
-    /// [`Store::claim`], under the claim token `token`: a claim whose token took a job
-    /// already returns that job.
+    /// [`Store::claim`], under the claim token `token`; `retried` when this is a retry
+    /// already: a retry looks for the job an earlier try with the token took first.
     async fn claim_with_token(
         &self,
         claimant: &Claimant,
         now: DateTime<Utc>,
         token: &str,
+        retried: bool,
     ) -> Result<Option<Job>, Error> {
         // PostgreSQL lets concurrent claimers pass over each other's row instead of waiting
         // for it; SQLite has one writer at a time, so the statement alone is atomic.
@@ -141,24 +142,30 @@ impl Store {
         let earlier_sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE claim = $1");
         let until = micros(now.checked_add_signed(claimant.lease).unwrap_or(now));
         let (claim_sql, earlier_sql) = (&claim_sql, &earlier_sql);
+        // Only a retry can find that an earlier try landed.
+        let mut retried = retried;
         let row = self
-            .retrying(|| async move {
-                if let Some(row) = sqlx::query(earlier_sql)
-                    .bind(token)
-                    .fetch_optional(self.pool())
-                    .await?
-                {
-                    return Ok(Some(row));
+            .retrying(|| {
+                let look_first = std::mem::replace(&mut retried, true);
+                async move {
+                    if look_first
+                        && let Some(row) = sqlx::query(earlier_sql)
+                            .bind(token)
+                            .fetch_optional(self.pool())
+                            .await?
+                    {
+                        return Ok(Some(row));
+                    }
+                    let mut query = sqlx::query(claim_sql)
+                        .bind(claimant.worker.as_str())
+                        .bind(micros(now))
+                        .bind(until)
+                        .bind(token);
+                    for region in regions.unwrap_or_default() {
+                        query = query.bind(region.as_str());
+                    }
+                    query.fetch_optional(self.pool()).await
                 }
-                let mut query = sqlx::query(claim_sql)
-                    .bind(claimant.worker.as_str())
-                    .bind(micros(now))
-                    .bind(until)
-                    .bind(token);
-                for region in regions.unwrap_or_default() {
-                    query = query.bind(region.as_str());
-                }
-                query.fetch_optional(self.pool()).await
             })
             .await?;
         row.as_ref().map(job_from_row).transpose()
@@ -241,24 +248,26 @@ impl Store {
         finish: Finish<'_>,
         at: DateTime<Utc>,
     ) -> Result<Job, Error> {
-        let job = self
-            .job(&lease.job)
-            .await?
-            .ok_or_else(|| no_job(&lease.job))?;
-        let (status, not_before, finished_at, error) = match finish {
-            Finish::Succeeded => ("succeeded", job.not_before, Some(at), None),
-            Finish::Cancelled => ("cancelled", job.not_before, Some(at), job.error.as_deref()),
-            Finish::Failed(message) if lease.attempt < job.max_attempts => {
-                let retry_at = at
-                    .checked_add_signed(retry_delay(self.options().job_backoff, lease.attempt))
-                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
-                ("pending", retry_at, None, Some(message))
-            }
-            Finish::Failed(message) => ("dead", job.not_before, Some(at), Some(message)),
-            Finish::Fatal(message) => ("failed", job.not_before, Some(at), Some(message)),
+        // One statement: whether a failure is retried depends on the attempts left, which
+        // the row knows.
+        let (outcome, error) = match finish {
+            Finish::Succeeded => ("succeeded", None),
+            Finish::Failed(message) => ("retry", Some(message)),
+            Finish::Fatal(message) => ("failed", Some(message)),
+            Finish::Cancelled => ("cancelled", None),
         };
+        let retry_at = at
+            .checked_add_signed(retry_delay(self.options().job_backoff, lease.attempt))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let sql = format!(
-            "UPDATE jobs SET status = $4, not_before_us = $5, finished_at_us = $6, error = $7, \
+            "UPDATE jobs SET \
+             status = CASE WHEN $4 <> 'retry' THEN $4 WHEN attempts < max_attempts THEN 'pending' \
+                 ELSE 'dead' END, \
+             not_before_us = CASE WHEN $4 = 'retry' AND attempts < max_attempts THEN $5 \
+                 ELSE not_before_us END, \
+             finished_at_us = CASE WHEN $4 = 'retry' AND attempts < max_attempts THEN NULL \
+                 ELSE $3 END, \
+             error = CASE WHEN $4 = 'cancelled' THEN error ELSE $6 END, \
              lease_until_us = NULL, claim = NULL WHERE {FENCE} RETURNING {JOB_COLUMNS}"
         );
         let row = self
@@ -267,9 +276,8 @@ impl Store {
                     .bind(lease.job.as_str())
                     .bind(lease.attempt)
                     .bind(micros(at))
-                    .bind(status)
-                    .bind(micros(not_before))
-                    .bind(finished_at.map(micros))
+                    .bind(outcome)
+                    .bind(micros(retry_at))
                     .bind(error)
                     .fetch_optional(self.pool())
             })
@@ -503,13 +511,13 @@ mod tests {
         }
         let claimant = Claimant::new("w");
         let first = store
-            .claim_with_token(&claimant, now, "t1")
+            .claim_with_token(&claimant, now, "t1", false)
             .await
             .expect("a claim")
             .expect("a job");
         // The statement again, as a retry after a lost reply runs it.
         let again = store
-            .claim_with_token(&claimant, now, "t1")
+            .claim_with_token(&claimant, now, "t1", true)
             .await
             .expect("a claim")
             .expect("a job");
@@ -526,7 +534,7 @@ mod tests {
             .expect("a list");
         assert_eq!(pending.len(), 1, "the other job is still there to claim");
         let other = store
-            .claim_with_token(&claimant, now, "t2")
+            .claim_with_token(&claimant, now, "t2", true)
             .await
             .expect("a claim")
             .expect("a job");

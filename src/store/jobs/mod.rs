@@ -182,8 +182,8 @@ pub fn backoff(attempts: i64) -> TimeDelta {
 /// wait being `first`: doubling with each attempt, at most one hour (or `first`, if longer).
 pub fn backoff_from(first: TimeDelta, attempts: i64) -> TimeDelta {
     let cap = TimeDelta::hours(1).max(first);
-    // Past 2^12 every wait of a millisecond or more is over the cap.
-    let doublings = attempts.saturating_sub(1).clamp(0, 12);
+    // Past 2^22 every wait of a millisecond or more is over the cap.
+    let doublings = attempts.saturating_sub(1).clamp(0, 22);
     let factor = 1_i32 << doublings;
     first.checked_mul(factor).unwrap_or(cap).min(cap)
 }

@@ -132,7 +132,7 @@ fn record(n: usize) -> Record {
             id: format!("user{}", n % 3),
             email: Some(format!("user{}@example.com", n % 3)),
         },
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             "instance.provision"
         } else {
             "instance.upgrade.step.migrate"

@@ -574,7 +574,7 @@ fn instance(
     match yaml {
         None => {
             text.push_str("#:schema ../../schemas/instance.schema.json\n");
-            if index % 7 == 0 {
+            if index.is_multiple_of(7) {
                 text.push_str("# Synthetic instance for the load benchmark.\n");
             }
             writeln!(text, "name = \"{name}\"").unwrap();

@@ -456,3 +456,33 @@ async fn an_unreachable_redis_is_named_without_its_password() {
     assert!(!text.contains("hunter2"), "{text}");
     assert!(!format!("{error:?}").contains("hunter2"), "{error:?}");
 }
+
+#[tokio::test]
+async fn a_redis_that_refuses_the_password_is_named_without_it() {
+    // The server has no password, so Redis refuses to check one.
+    let url = REDIS.url().replace("redis://", "redis://:hunter2@");
+    let error = Queue::open(&url, Options::default())
+        .await
+        .expect_err("the server has no password");
+    assert!(matches!(error, Error::Rejected { .. }), "{error:?}");
+    let text = report(&error);
+    assert!(text.contains(&REDIS.url()[8..]), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test]
+async fn a_key_of_the_queue_that_holds_something_else_is_named() {
+    let options = Options {
+        prefix: "foreign".to_string(),
+        ..Options::default()
+    };
+    let queue = open_url(&REDIS.url(), options).await;
+    let reply = REDIS.command("SET foreign:jobs:a text");
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let error = queue
+        .publish(&message("job-1", "a"))
+        .await
+        .expect_err("the stream's key holds a string");
+    assert!(matches!(error, Error::Foreign { .. }), "{error:?}");
+    assert!(error.to_string().contains("`foreign`"), "{error}");
+}

@@ -132,9 +132,13 @@ impl Redis {
             .set_max_delay(Duration::from_millis(500));
         let shared = ConnectionManager::new_with_config(client.clone(), config)
             .await
-            .map_err(|source| Error::Unreachable {
-                url: shown.clone(),
-                source,
+            .map_err(|source| {
+                let url = shown.clone();
+                if is_connection_lost(&source) {
+                    Error::Unreachable { url, source }
+                } else {
+                    Error::Rejected { url, source }
+                }
             })?;
         Ok(Redis {
             url: shown,
@@ -579,7 +583,7 @@ impl Redis {
                 .xgroup_create_mkstream(stream, self.keys.group(), "0")
                 .await;
             match created {
-                Err(error) if error.code() == Some("BUSYGROUP") => {}
+                Err(error) if has_code(&error, "BUSYGROUP") => {}
                 other => other?,
             }
         }
@@ -607,19 +611,18 @@ impl Redis {
     }
 
     fn error(&self, doing: String, source: RedisError) -> Error {
-        if is_connection_lost(&source) || source.is_timeout() {
-            Error::Unavailable {
+        let url = self.url.clone();
+        if is_connection_lost(&source) {
+            Error::Unavailable { doing, url, source }
+        } else if has_code(&source, "WRONGTYPE") {
+            Error::Foreign {
                 doing,
-                url: self.url.clone(),
-                source,
-            }
-        } else {
-            Error::Refused {
-                doing,
-                url: self.url.clone(),
+                url,
                 prefix: self.keys.prefix.clone(),
                 source,
             }
+        } else {
+            Error::Refused { doing, url, source }
         }
     }
 }
@@ -652,13 +655,23 @@ impl Keys {
 /// Whether Redis says a stream or its group is gone: `NOGROUP`, or `UNBLOCKED` for a read that
 /// was waiting when its stream was deleted.
 fn is_missing_group(error: &RedisError) -> bool {
-    matches!(error.code(), Some("NOGROUP" | "UNBLOCKED"))
+    has_code(error, "NOGROUP") || has_code(error, "UNBLOCKED")
 }
 
-/// Whether the connection broke (Redis went away, restarted, or did not answer in time), so
-/// the command may succeed on a new one.
+/// Whether Redis answered with the error `code`, to a command or to one of a pipeline's.
+fn has_code(error: &RedisError, code: &str) -> bool {
+    error.code() == Some(code)
+        || error.clone().into_server_errors().is_some_and(|errors| {
+            errors
+                .iter()
+                .any(|(_, server_error)| server_error.code() == code)
+        })
+}
+
+/// Whether the connection broke, or never came (Redis went away, restarted, or did not answer
+/// in time), so the command may succeed on a new one.
 fn is_connection_lost(error: &RedisError) -> bool {
-    error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error()
+    error.is_io_error() || error.is_connection_dropped()
 }
 
 /// A duration in whole milliseconds, as Redis takes them.

@@ -153,8 +153,8 @@ impl Redis {
         }
     }
 
-    /// The server's answer to an inline command.
-    fn command(&self, command: &str) -> String {
+    /// The server's answer to an inline command (words separated by spaces).
+    pub fn command(&self, command: &str) -> String {
         self.try_command(command)
             .unwrap_or_else(|| panic!("Redis did not answer {command}:\n{}", self.log()))
     }

@@ -25,6 +25,8 @@ pub enum Purpose<'a> {
     /// Taken before a downgrade to this version restores an older backup: the data the
     /// downgrade takes out of the instance.
     BeforeDowngradeTo(&'a Version),
+    /// Taken on the instance's backup schedule; only these count against its `retain`.
+    Scheduled,
 }
 
 impl Purpose<'_> {
@@ -33,6 +35,7 @@ impl Purpose<'_> {
             Purpose::Final => "final".to_string(),
             Purpose::Before(version) => format!("before-{version}"),
             Purpose::BeforeDowngradeTo(version) => format!("before-downgrade-to-{version}"),
+            Purpose::Scheduled => "scheduled".to_string(),
         }
     }
 }
@@ -82,6 +85,16 @@ pub fn is_for(name: &str, purpose: Purpose<'_>) -> bool {
     suffix == purpose.suffix() && NaiveDateTime::parse_from_str(time, "%Y%m%dT%H%M%S%.fZ").is_ok()
 }
 
+/// When the backup named `name` (a file name for a purpose) was started; none for a named
+/// backup or any other file.
+pub fn taken_at(name: &str) -> Option<DateTime<Utc>> {
+    let label = name.strip_suffix(EXTENSION)?;
+    let (time, _) = label.split_once('-')?;
+    NaiveDateTime::parse_from_str(time, "%Y%m%dT%H%M%S%.fZ")
+        .ok()
+        .map(|time| time.and_utc())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +113,12 @@ mod tests {
         let downgrade = file_name(Purpose::BeforeDowngradeTo(&version), at(0));
         assert!(!is_for(&downgrade, Purpose::Before(&version)));
         assert!(is_for(&file_name(Purpose::Final, at(0)), Purpose::Final));
+        assert_eq!(taken_at(&earlier), Some(at(1_768_478_400)));
+        assert_eq!(taken_at("nightly.dump"), None);
+        assert!(is_for(
+            &file_name(Purpose::Scheduled, at(5)),
+            Purpose::Scheduled
+        ));
         for other in [
             "x-final.dump",
             "20260115T120000.123456Z-final.dump.sha256",

@@ -17,3 +17,4 @@ pub mod store;
 pub mod queue;
 pub mod image;
 pub mod driver;
+pub mod jobs;

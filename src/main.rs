@@ -18,6 +18,8 @@ fn main() -> ExitCode {
         Command::Audit(args) => cli::audit::run(args),
         Command::State(args) => cli::state::run(args),
         Command::Image(args) => cli::image::run(args),
+        Command::Worker(args) => cli::worker::run(args),
+        Command::Jobs(args) => cli::jobs::run(args),
     };
     result.unwrap_or_else(|error| {
         report(error.as_ref());

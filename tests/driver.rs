@@ -17,6 +17,7 @@ use common::{
     postgres::Postgres,
 };
 use wakafleet::{
+    backups,
     driver::{self, Drift, Driver, Error, Options, Region, Role, Target, database_name},
     load::{Content, Input, Limits},
     model::{ByteSize, Cpu},
@@ -150,6 +151,20 @@ async fn add_item(postgres: &Postgres, instance: &str, name: &str) {
         .execute(&mut connection)
         .await
         .expect("insert an item");
+}
+
+/// How many of the instance's database and role the server's catalogue holds.
+async fn database_and_role(postgres: &Postgres, instance: &str) -> i64 {
+    let mut admin = sqlx::PgConnection::connect(&postgres.admin_url("postgres"))
+        .await
+        .expect("connect");
+    sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM pg_database WHERE datname = $1) + (SELECT count(*) FROM pg_roles WHERE rolname = $1)",
+    )
+    .bind(database_name(instance))
+    .fetch_one(&mut admin)
+    .await
+    .expect("a count")
 }
 
 fn inspect(name: &str, format: &str) -> String {
@@ -369,17 +384,11 @@ async fn the_whole_life_of_one_instance() {
         assert!(!exists("container", &format!("wakafleet-life-{role}")));
     }
     assert!(!exists("network", "wakafleet-life") && !exists("volume", "wakafleet-life-data"));
-    let mut admin = sqlx::PgConnection::connect(&postgres.admin_url("postgres"))
-        .await
-        .expect("connect");
-    let left: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM pg_database WHERE datname = $1) + (SELECT count(*) FROM pg_roles WHERE rolname = $1)",
-    )
-    .bind(database_name("life"))
-    .fetch_one(&mut admin)
-    .await
-    .expect("a count");
-    assert_eq!(left, 0, "the database and the role are gone");
+    assert_eq!(
+        database_and_role(postgres, "life").await,
+        0,
+        "the database and the role are gone"
+    );
     assert!(
         driver
             .terminate("life")
@@ -387,6 +396,78 @@ async fn the_whole_life_of_one_instance() {
             .expect("terminated again")
             .is_none()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primitives_check_before_they_act_and_take_an_instance_apart() {
+    let setup = setup();
+    let (driver, postgres) = (&setup.driver, &setup.postgres);
+    let v1 = setup.instance("parts", "1.0.0").await;
+    let v1_1 = target("parts", "1.1.0");
+    assert!(driver.runs("parts", &v1).await.expect("read"));
+    assert!(!driver.runs("parts", &v1_1).await.expect("read"));
+
+    // Maintenance turns the app's item requests away until it is off again.
+    driver
+        .set_maintenance("parts", true)
+        .await
+        .expect("maintenance on");
+    driver
+        .set_maintenance("parts", true)
+        .await
+        .expect("maintenance on again");
+    let error = driver.smoke("parts").await.expect_err("in maintenance");
+    assert!(error.to_string().contains("503"), "{error}");
+    driver
+        .set_maintenance("parts", false)
+        .await
+        .expect("maintenance off");
+    driver.smoke("parts").await.expect("out of maintenance");
+
+    // A backup for a purpose is the one found for it, and the one restored.
+    let purpose = backups::Purpose::Before(&v1_1.version);
+    let none = driver.latest_backup("parts", purpose).await.expect("read");
+    assert_eq!(none, None);
+    let backup = driver.backup_for("parts", purpose).await.expect("a backup");
+    let latest = driver.latest_backup("parts", purpose).await.expect("read");
+    assert_eq!(latest.as_ref(), Some(&backup));
+    let listed = driver.backups("parts").await.expect("listed");
+    assert_eq!(listed, [backup.name.as_str()]);
+    add_item(postgres, "parts", "written after the backup").await;
+    driver.suspend("parts").await.expect("suspended");
+    assert!(
+        driver.runs("parts", &v1).await.expect("read"),
+        "stopped, still 1.0.0"
+    );
+    driver
+        .restore_database("parts", &backup.name)
+        .await
+        .expect("restored");
+    assert_eq!(items(postgres, "parts").await, vec!["keep me"]);
+    driver
+        .remove_backup("parts", &backup.name)
+        .await
+        .expect("removed");
+    assert!(driver.backups("parts").await.expect("listed").is_empty());
+    assert!(!backup.path.exists() && !backup.path.with_extension("dump.sha256").exists());
+
+    // Taken apart twice: the second time every part is already gone.
+    assert!(driver.database_exists("parts").await.expect("read"));
+    for _ in 0..2 {
+        driver
+            .remove_containers("parts")
+            .await
+            .expect("containers removed");
+        driver.release("parts").await.expect("released");
+        driver.drop_database("parts").await.expect("dropped");
+    }
+    assert!(!driver.runs("parts", &v1).await.expect("read"));
+    for role in ["app", "worker"] {
+        assert!(!exists("container", &format!("wakafleet-parts-{role}")));
+    }
+    assert!(!exists("network", "wakafleet-parts") && !exists("volume", "wakafleet-parts-data"));
+    assert!(!driver.database_exists("parts").await.expect("read"));
+    assert_eq!(database_and_role(postgres, "parts").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,10 @@ use wakafleet::{
         Backend, Error, Options, Store,
         audit::{Actor, ActorKind, Anchor, Commit, Filter, Hash, Outcome, Person, Problem, Record},
         checkpoint::Checkpoint,
-        jobs::{JobKind, JobStatus, NewJob, Schedule, StepStatus, backoff},
+        jobs::{
+            Claimant, Due, Finish, JobFilter, JobKind, JobStatus, LEASE, NewJob, Renewal, Schedule,
+            StepStatus, backoff,
+        },
         state::{CommitRecord, InstanceRecord, InstanceStatus},
     },
 };
@@ -88,7 +91,9 @@ fn contracts() -> Vec<(&'static str, Contract)> {
         ("commits", |f| Box::pin(commits(f))),
         ("migrations", |f| Box::pin(migrations(f))),
         ("jobs", |f| Box::pin(jobs(f))),
+        ("leases", |f| Box::pin(leases(f))),
         ("schedules", |f| Box::pin(schedules(f))),
+        ("concurrent claims", |f| Box::pin(concurrent_claims(f))),
     ]
 }
 
@@ -893,8 +898,10 @@ async fn commits(fixture: &Fixture) {
 
 fn new_job(instance: &str, priority: i64, not_before: DateTime<Utc>) -> NewJob {
     NewJob {
+        id: None,
         kind: JobKind::Upgrade,
         instance: instance.into(),
+        region: "ng-lagos".into(),
         priority,
         max_attempts: 2,
         payload: serde_json::json!({"to": "1.5.0"}),
@@ -906,6 +913,7 @@ fn new_job(instance: &str, priority: i64, not_before: DateTime<Utc>) -> NewJob {
 
 async fn jobs(fixture: &Fixture) {
     let store = &fixture.store;
+    let worker = Claimant::new("w1");
     let t0 = at("2026-03-01T10:00:00Z");
     let web = store
         .enqueue(&new_job("web", 5, t0), t0)
@@ -925,10 +933,38 @@ async fn jobs(fixture: &Fixture) {
         .enqueue(&new_job("db", 99, t0 + chrono::Duration::hours(1)), t0)
         .await
         .expect("a job");
+    assert_eq!(
+        store.due_jobs(t0, 10).await.expect("due"),
+        vec![
+            Due {
+                id: api.id.clone(),
+                region: "ng-lagos".into()
+            },
+            Due {
+                id: web.id.clone(),
+                region: "ng-lagos".into()
+            }
+        ]
+    );
+    assert_eq!(
+        store.next_due(t0).await.expect("next"),
+        Some(t0 + chrono::Duration::hours(1))
+    );
 
-    // Highest priority first; a job not yet due waits.
+    // Highest priority first; a job not yet due waits; other regions' workers get nothing.
+    let elsewhere = Claimant {
+        regions: Some(vec!["ke-nairobi".into()]),
+        ..Claimant::new("w3")
+    };
+    assert!(
+        store
+            .claim(&elsewhere, t0)
+            .await
+            .expect("a claim")
+            .is_none()
+    );
     let first = store
-        .claim("w1", t0)
+        .claim(&worker, t0)
         .await
         .expect("a claim")
         .expect("a job");
@@ -936,35 +972,42 @@ async fn jobs(fixture: &Fixture) {
         (first.id.as_str(), first.status, first.attempts),
         (api.id.as_str(), JobStatus::Running, 1)
     );
+    assert_eq!(first.lease_until, Some(t0 + LEASE));
     let second = store
-        .claim("w2", t0)
+        .claim(&Claimant::new("w2"), t0)
         .await
         .expect("a claim")
         .expect("a job");
     assert_eq!(second.id, web.id);
     assert!(
-        store.claim("w1", t0).await.expect("a claim").is_none(),
+        store.claim(&worker, t0).await.expect("a claim").is_none(),
         "{later:?} is not due"
     );
 
-    // Steps: resumed after a crash, counted.
+    // Steps: resumed after a crash, counted, fenced by the attempt.
+    let lease = second.lease();
     store
-        .start_step(&web.id, 1, "backup", t0)
+        .start_step(&lease, 1, "backup", t0)
         .await
         .expect("a step");
+    let output = serde_json::json!({"backup": "x.dump"});
+    let backup = store
+        .finish_step(&lease, 1, StepStatus::Succeeded, None, Some(&output), t0)
+        .await
+        .expect("a step");
+    assert_eq!(backup.output.as_deref(), Some(r#"{"backup":"x.dump"}"#));
     store
-        .finish_step(&web.id, 1, StepStatus::Succeeded, None, t0)
+        .start_step(&lease, 2, "migrate", t0)
         .await
         .expect("a step");
-    store
-        .start_step(&web.id, 2, "migrate", t0)
+    let again = store
+        .start_step(&lease, 2, "migrate", t0)
         .await
         .expect("a step");
-    let resumed = store
-        .start_step(&web.id, 2, "migrate", t0)
-        .await
-        .expect("a step");
-    assert_eq!(resumed.attempts, 2);
+    assert_eq!(
+        again.attempts, 1,
+        "a start retried within an attempt counts once"
+    );
     let steps = store.steps(&web.id).await.expect("steps");
     assert_eq!(
         steps
@@ -977,43 +1020,261 @@ async fn jobs(fixture: &Fixture) {
         ]
     );
 
-    // A failure is retried after a backoff, then dead-lettered.
+    // A failure is retried after a backoff with jitter, then dead-lettered.
     let retried = store
-        .finish_job(&web.id, Err("health check timed out"), t0)
+        .finish_job(&lease, Finish::Failed("health check timed out"), t0)
         .await
         .expect("finished");
     assert_eq!(retried.status, JobStatus::Pending);
-    assert_eq!(retried.not_before, t0 + backoff(1));
+    let wait = retried.not_before - t0;
+    assert!(
+        wait >= backoff(1) && wait < backoff(1) * 2,
+        "waits {wait} after the first failure"
+    );
     let again = store
-        .claim("w1", t0 + backoff(1))
+        .claim(&worker, retried.not_before)
         .await
         .expect("a claim")
         .expect("the retry");
     assert_eq!((again.id.as_str(), again.attempts), (web.id.as_str(), 2));
+    let resumed = store
+        .start_step(&again.lease(), 2, "migrate", retried.not_before)
+        .await
+        .expect("resumed");
+    assert_eq!((resumed.attempts, resumed.job_attempt), (2, 2));
     let dead = store
-        .finish_job(&web.id, Err("health check timed out"), t0)
+        .finish_job(
+            &again.lease(),
+            Finish::Failed("health check timed out"),
+            retried.not_before,
+        )
         .await
         .expect("finished");
     assert_eq!(dead.status, JobStatus::Dead);
     assert_eq!(dead.error.as_deref(), Some("health check timed out"));
-    // The instance may have a job again.
-    store
+    // The instance may have a job again; the dead one cannot be retried while it has.
+    let replacement = store
         .enqueue(&new_job("web", 5, t0), t0)
         .await
         .expect("a new job");
+    let refused = store.retry(&web.id, t0).await;
+    assert!(
+        matches!(&refused, Err(Error::Invalid(message)) if message.contains(&replacement.id)),
+        "{refused:?}"
+    );
+    store.cancel(&replacement.id, t0).await.expect("cancelled");
+    let back = store.retry(&web.id, t0).await.expect("retried");
+    assert_eq!((back.status, back.attempts), (JobStatus::Pending, 0));
 
     let done = store
-        .finish_job(&api.id, Ok(()), t0)
+        .finish_job(&first.lease(), Finish::Succeeded, t0)
         .await
         .expect("finished");
     assert_eq!(done.status, JobStatus::Succeeded);
     assert!(
-        store.finish_job(&api.id, Ok(()), t0).await.is_err(),
+        matches!(
+            store
+                .finish_job(&first.lease(), Finish::Succeeded, t0)
+                .await,
+            Err(Error::Fenced { .. })
+        ),
         "only running jobs finish"
     );
     let cancelled = store.cancel(&later.id, t0).await.expect("cancelled");
     assert_eq!(cancelled.status, JobStatus::Cancelled);
     assert!(store.active_job("db").await.expect("a read").is_none());
+    let counts = store.job_counts().await.expect("counts");
+    assert_eq!(
+        counts,
+        vec![
+            (JobStatus::Pending, 1),
+            (JobStatus::Succeeded, 1),
+            (JobStatus::Cancelled, 2)
+        ]
+    );
+    let listed = store
+        .list_jobs(
+            &JobFilter {
+                status: Some(JobStatus::Cancelled),
+                instance: Some("db".into()),
+            },
+            10,
+        )
+        .await
+        .expect("a list");
+    assert_eq!(
+        listed.iter().map(|job| &job.id).collect::<Vec<_>>(),
+        [&later.id]
+    );
+}
+
+/// A worker that stops renewing loses its job to the reaper and then to another worker,
+/// and can write nothing more for it; a cancelled running job keeps its slot until its
+/// worker stops.
+async fn leases(fixture: &Fixture) {
+    let store = &fixture.store;
+    let t0 = at("2026-03-01T10:00:00Z");
+    let seconds = chrono::Duration::seconds;
+    let job = store
+        .enqueue(&new_job("web", 0, t0), t0)
+        .await
+        .expect("a job");
+    let first = store
+        .claim(&Claimant::new("w1"), t0)
+        .await
+        .expect("a claim")
+        .expect("the job");
+    let old = first.lease();
+    assert_eq!(
+        store
+            .renew(&old, t0 + seconds(10), LEASE)
+            .await
+            .expect("renewed"),
+        Renewal::Held
+    );
+    store
+        .start_step(&old, 0, "validate", t0 + seconds(11))
+        .await
+        .expect("a step");
+    // Renewed at 10 s, the lease lasts until 40 s.
+    assert!(
+        store
+            .reap(t0 + seconds(39), 3)
+            .await
+            .expect("reaped")
+            .is_empty()
+    );
+    let reaped = store.reap(t0 + seconds(41), 3).await.expect("reaped");
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(
+        (reaped[0].status, reaped[0].stalls),
+        (JobStatus::Pending, 1)
+    );
+    assert!(
+        reaped[0]
+            .error
+            .as_deref()
+            .is_some_and(|error| error.contains("w1")),
+        "{:?}",
+        reaped[0].error
+    );
+    assert_eq!(
+        store
+            .renew(&old, t0 + seconds(42), LEASE)
+            .await
+            .expect("a renewal"),
+        Renewal::Lost
+    );
+    let second = store
+        .claim(&Claimant::new("w2"), t0 + seconds(42))
+        .await
+        .expect("a claim")
+        .expect("taken over");
+    assert_eq!((second.attempts, second.worker.as_deref()), (2, Some("w2")));
+    // The first worker is fenced off everywhere.
+    let later = t0 + seconds(43);
+    for refused in [
+        store.start_step(&old, 1, "allocate", later).await.map(drop),
+        store
+            .finish_step(&old, 0, StepStatus::Succeeded, None, None, later)
+            .await
+            .map(drop),
+        store
+            .finish_job(&old, Finish::Succeeded, later)
+            .await
+            .map(drop),
+    ] {
+        assert!(
+            matches!(&refused, Err(Error::Fenced { attempt: 1, reason, .. }) if reason.contains("attempt 2")),
+            "{refused:?}"
+        );
+    }
+    let new = second.lease();
+    let step = store
+        .start_step(&new, 0, "validate", later)
+        .await
+        .expect("the step again");
+    assert_eq!((step.attempts, step.job_attempt), (2, 2));
+    // Past its lease a worker writes nothing either, even before the reaper came.
+    let expired = later + LEASE + seconds(1);
+    assert!(matches!(
+        store
+            .finish_step(&new, 0, StepStatus::Succeeded, None, None, expired)
+            .await,
+        Err(Error::Fenced { reason, .. }) if reason.contains("lease ran out")
+    ));
+
+    // Cancelling keeps the slot until the worker stops at a step boundary.
+    let cancelling = store.cancel(&job.id, later).await.expect("cancelling");
+    assert_eq!(cancelling.status, JobStatus::Cancelling);
+    assert!(
+        store
+            .enqueue(&new_job("web", 0, later), later)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        store.renew(&new, later, LEASE).await.expect("a renewal"),
+        Renewal::Cancelling
+    );
+    store
+        .finish_step(&new, 0, StepStatus::Succeeded, None, None, later)
+        .await
+        .expect("the running step still finishes");
+    assert!(matches!(
+        store.start_step(&new, 1, "allocate", later).await,
+        Err(Error::Cancelling(id)) if id == job.id
+    ));
+    let cancelled = store
+        .finish_job(&new, Finish::Cancelled, later)
+        .await
+        .expect("cancelled");
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+
+    // Stalled too often: dead. A cancelled job whose worker vanished is cancelled.
+    let stalling = store
+        .enqueue(&new_job("api", 0, later), later)
+        .await
+        .expect("a job");
+    let mut now = later;
+    for stall in 1..=2 {
+        store
+            .claim(&Claimant::new("w"), now)
+            .await
+            .expect("a claim")
+            .expect("the job");
+        now += LEASE + seconds(1);
+        let reaped = store.reap(now, 1).await.expect("reaped");
+        let expected = if stall == 1 {
+            JobStatus::Pending
+        } else {
+            JobStatus::Dead
+        };
+        assert_eq!(reaped[0].status, expected, "stall {stall}");
+    }
+    assert_eq!(
+        store
+            .job(&stalling.id)
+            .await
+            .expect("a read")
+            .map(|job| job.stalls),
+        Some(2)
+    );
+    let vanished = store
+        .enqueue(&new_job("db", 0, now), now)
+        .await
+        .expect("a job");
+    store
+        .claim(&Claimant::new("w"), now)
+        .await
+        .expect("a claim")
+        .expect("the job");
+    store.cancel(&vanished.id, now).await.expect("cancelling");
+    let reaped = store
+        .reap(now + LEASE + seconds(1), 5)
+        .await
+        .expect("reaped");
+    assert_eq!(reaped[0].status, JobStatus::Cancelled);
 }
 
 async fn schedules(fixture: &Fixture) {
@@ -1025,6 +1286,7 @@ async fn schedules(fixture: &Fixture) {
         timezone: "Africa/Lagos".into(),
         job_kind: JobKind::Backup,
         instance: Some("web".into()),
+        region: "ng-lagos".into(),
         payload: serde_json::json!({}),
         enabled: true,
         last_run_at: None,
@@ -1054,6 +1316,50 @@ async fn schedules(fixture: &Fixture) {
     );
     assert!(store.due_schedules(t0).await.expect("due").is_empty());
     assert_eq!(store.due_schedules(next).await.expect("due").len(), 1);
+    // Two schedulers see the same firing: one of them advances it.
+    let after = next + chrono::Duration::days(1);
+    let (one, two) = tokio::join!(
+        store.advance_schedule("backup/web", next, next, after),
+        store.advance_schedule("backup/web", next, next, after)
+    );
+    assert_eq!(
+        [one.expect("advanced"), two.expect("advanced")]
+            .iter()
+            .filter(|won| **won)
+            .count(),
+        1
+    );
+    assert!(store.due_schedules(next).await.expect("due").is_empty());
+}
+
+/// Workers claiming at once, through separate connections: every job goes to exactly one,
+/// whatever the backend (PostgreSQL passes over locked rows with `SKIP LOCKED`).
+async fn concurrent_claims(fixture: &Fixture) {
+    let store = &fixture.store;
+    let t0 = at("2026-03-01T10:00:00Z");
+    for index in 0..60 {
+        store
+            .enqueue(&new_job(&format!("i{index}"), index % 3, t0), t0)
+            .await
+            .expect("a job");
+    }
+    let claimers = (0..6).map(|worker| async move {
+        let claimant = Claimant::new(&format!("w{worker}"));
+        let mut taken = Vec::new();
+        while let Some(job) = store.claim(&claimant, t0).await.expect("a claim") {
+            taken.push(job.id);
+        }
+        taken
+    });
+    let mut taken: Vec<String> = futures_util::future::join_all(claimers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let claimed = taken.len();
+    taken.sort();
+    taken.dedup();
+    assert_eq!((claimed, taken.len()), (60, 60), "each job claimed once");
 }
 
 async fn migrations(fixture: &Fixture) {

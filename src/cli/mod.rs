@@ -5,11 +5,13 @@
 
 pub mod audit;
 pub mod image;
+pub mod jobs;
 pub mod plan;
 pub mod schema;
 pub mod state;
 pub mod store;
 pub mod validate;
+pub mod worker;
 
 use std::io::{IsTerminal, Write};
 
@@ -39,6 +41,10 @@ pub enum Command {
     State(state::Args),
     /// Build the demo platform's images, one per release.
     Image(image::Args),
+    /// Run jobs from the store, woken by a queue, on this host.
+    Worker(worker::Args),
+    /// List, show, retry and cancel jobs.
+    Jobs(jobs::Args),
 }
 
 /// How a command formats its report.

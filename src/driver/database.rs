@@ -3,6 +3,7 @@
 //! platform reads.
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::Stdio,
 };
@@ -186,12 +187,13 @@ impl Server {
         // a checked identifier, so both are safe to quote; PostgreSQL takes neither as a
         // parameter here.
         let verifier = scram_verifier(password)?;
-        sqlx::raw_sql(&format!(
-            "{verb} ROLE \"{name}\" LOGIN PASSWORD '{verifier}' NOSUPERUSER NOCREATEDB NOCREATEROLE"
-        ))
-        .execute(&mut connection)
-        .await
-        .map_err(|e| self.error(e))?;
+        self.raw(
+            &mut connection,
+            format!(
+                "{verb} ROLE \"{name}\" LOGIN PASSWORD '{verifier}' NOSUPERUSER NOCREATEDB NOCREATEROLE"
+            ),
+        )
+        .await?;
         let database_exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
                 .bind(name)
@@ -199,18 +201,38 @@ impl Server {
                 .await
                 .map_err(|e| self.error(e))?;
         if !database_exists {
-            sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\" OWNER \"{name}\""))
-                .execute(&mut connection)
+            self.raw(
+                &mut connection,
+                format!("CREATE DATABASE \"{name}\" OWNER \"{name}\""),
+            )
+            .await?;
+        }
+        self.raw(
+            &mut connection,
+            format!(
+                "REVOKE ALL ON DATABASE \"{name}\" FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE \"{name}\" TO \"{name}\""
+            ),
+        )
+        .await?;
+        connection.close().await.map_err(|e| self.error(e))
+    }
+
+    /// Runs statements without parameters. Boxed with the connection's own `execute`: the
+    /// future of `RawSql::execute` is generic over its executor, and a job step that awaits
+    /// it cannot be shown to be `Send` (rust-lang/rust#102211).
+    fn raw<'a>(
+        &'a self,
+        connection: &'a mut PgConnection,
+        sql: String,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            // Through the connection's own (boxed) `execute`: `RawSql::execute`'s future is
+            // generic over the executor, which defeats the `Send` proof.
+            sqlx::Executor::execute(&mut *connection, sqlx::raw_sql(&sql))
                 .await
                 .map_err(|e| self.error(e))?;
-        }
-        sqlx::raw_sql(&format!(
-            "REVOKE ALL ON DATABASE \"{name}\" FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE \"{name}\" TO \"{name}\""
-        ))
-        .execute(&mut connection)
-        .await
-        .map_err(|e| self.error(e))?;
-        connection.close().await.map_err(|e| self.error(e))
+            Ok(())
+        })
     }
 
     pub async fn database_exists(&self, name: &str) -> Result<bool, Error> {
@@ -234,10 +256,7 @@ impl Server {
             format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
             format!("DROP ROLE IF EXISTS \"{name}\""),
         ] {
-            sqlx::raw_sql(&statement)
-                .execute(&mut connection)
-                .await
-                .map_err(|e| self.error(e))?;
+            self.raw(&mut connection, statement).await?;
         }
         connection.close().await.map_err(|e| self.error(e))
     }
@@ -300,7 +319,7 @@ impl Server {
             .map_err(|error| Error::Invalid(format!("moving the backup into place: {error}")))?;
         let (sha256, bytes) = checksum(&path).await?;
         tokio::fs::write(
-            folder.join(format!("{name}.sha256")),
+            folder.join(checksum_name(&name)),
             format!("{sha256}  {name}\n"),
         )
         .await
@@ -313,15 +332,12 @@ impl Server {
         })
     }
 
-    /// The newest complete backup of `folder` (its checksum written) for `purpose`; backup
-    /// names start with their time, so the newest sorts last. A folder that does not exist
-    /// holds none; one that cannot be read is an error, never "none": the caller would take
-    /// a new backup in place of the one it is looking for.
-    pub async fn latest_backup(
-        &self,
-        folder: &Path,
-        purpose: backups::Purpose<'_>,
-    ) -> Result<Option<String>, Error> {
+    /// The file names of the complete backups of `folder` (each `.dump` file whose checksum
+    /// is written beside it), in name order: oldest first for backups taken for a purpose,
+    /// whose names start with their time. A folder that does not exist holds none; one that
+    /// cannot be read is an error, never "none": the caller would take a new backup in place
+    /// of the one it is looking for.
+    pub async fn backups(&self, folder: &Path) -> Result<Vec<String>, Error> {
         let unreadable = |error: std::io::Error| {
             Error::Invalid(format!(
                 "region `{}`: cannot read the backups folder {}: {error}",
@@ -331,21 +347,57 @@ impl Server {
         };
         let mut entries = match tokio::fs::read_dir(folder).await {
             Ok(entries) => entries,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(error) => return Err(unreadable(error)),
         };
-        let mut newest: Option<String> = None;
+        let mut names = BTreeSet::new();
         while let Some(entry) = entries.next_entry().await.map_err(unreadable)? {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !backups::is_for(&name, purpose) || newest.as_ref().is_some_and(|n| *n >= name) {
-                continue;
-            }
-            let checksum = folder.join(format!("{name}.sha256"));
-            if tokio::fs::try_exists(&checksum).await.map_err(unreadable)? {
-                newest = Some(name);
+            // A name that is not UTF-8 is none the driver wrote.
+            if let Ok(name) = entry.file_name().into_string() {
+                names.insert(name);
             }
         }
-        Ok(newest)
+        Ok(names
+            .iter()
+            .filter(|name| {
+                name.ends_with(backups::EXTENSION) && names.contains(&checksum_name(name))
+            })
+            .cloned()
+            .collect())
+    }
+
+    /// The newest complete backup of `folder` for `purpose` ([`Server::backups`]), by name:
+    /// the time a name starts with makes the newest sort last.
+    pub async fn latest_backup(
+        &self,
+        folder: &Path,
+        purpose: backups::Purpose<'_>,
+    ) -> Result<Option<String>, Error> {
+        let names = self.backups(folder).await?;
+        Ok(names
+            .into_iter()
+            .rfind(|name| backups::is_for(name, purpose)))
+    }
+
+    /// Deletes a backup of `folder` and its checksum; one already gone is fine. The checksum
+    /// goes first, so a deletion cut off between the two leaves no complete backup behind.
+    /// A name that is not a backup's plain file name is refused, and nothing is deleted.
+    pub async fn remove_backup(&self, folder: &Path, name: &str) -> Result<(), Error> {
+        let path = backup_path(folder, name)?;
+        for file in [folder.join(checksum_name(name)), path] {
+            match tokio::fs::remove_file(&file).await {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(Error::Invalid(format!(
+                        "region `{}`: cannot delete {}: {error}",
+                        self.region,
+                        file.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The migrations `schema_migrations` records (none before the first).
@@ -369,11 +421,8 @@ impl Server {
 
     /// A backup of `folder` by name, after checking the file against its recorded checksum.
     pub async fn checked_backup(&self, folder: &Path, name: &str) -> Result<Backup, Error> {
-        if name.contains('/') || name.contains("..") {
-            return Err(Error::Invalid(format!("`{name}` is not a backup name")));
-        }
-        let path = folder.join(name);
-        let recorded = tokio::fs::read_to_string(folder.join(format!("{name}.sha256")))
+        let path = backup_path(folder, name)?;
+        let recorded = tokio::fs::read_to_string(folder.join(checksum_name(name)))
             .await
             .map_err(|error| {
                 Error::Invalid(format!(
@@ -496,6 +545,21 @@ pub fn scram_verifier(password: &Secret) -> Result<String, Error> {
         STANDARD.encode(stored_key),
         STANDARD.encode(server_key)
     ))
+}
+
+/// The path of the backup `name` in `folder`, refusing a name that is not a backup's plain
+/// file name: one with a `/` or `..` could reach outside the folder, and every backup's name
+/// ends with [`backups::EXTENSION`].
+fn backup_path(folder: &Path, name: &str) -> Result<PathBuf, Error> {
+    if name.contains('/') || name.contains("..") || !name.ends_with(backups::EXTENSION) {
+        return Err(Error::Invalid(format!("`{name}` is not a backup name")));
+    }
+    Ok(folder.join(name))
+}
+
+/// The file name of the checksum written beside the backup `name`.
+fn checksum_name(name: &str) -> String {
+    format!("{name}.sha256")
 }
 
 fn path_text(path: &Path) -> Result<&str, Error> {

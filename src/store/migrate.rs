@@ -27,6 +27,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "audit keys",
         include_str!("../../migrations/postgres/0003_audit_keys.sql"),
     ),
+    (
+        4,
+        "leases",
+        include_str!("../../migrations/postgres/0004_leases.sql"),
+    ),
 ];
 const SQLITE: &[(i64, &str, &str)] = &[
     (
@@ -43,6 +48,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         3,
         "audit keys",
         include_str!("../../migrations/sqlite/0003_audit_keys.sql"),
+    ),
+    (
+        4,
+        "leases",
+        include_str!("../../migrations/sqlite/0004_leases.sql"),
     ),
 ];
 

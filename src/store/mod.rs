@@ -106,6 +106,16 @@ pub enum Error {
     Stored(String),
     #[error("{0}")]
     Invalid(String),
+    /// A worker's write for a job it no longer holds.
+    #[error("job {job}: attempt {attempt} no longer holds the job ({reason}); nothing was written")]
+    Fenced {
+        job: String,
+        attempt: i64,
+        reason: String,
+    },
+    /// A step was to start on a job asked to stop.
+    #[error("job {0} is being cancelled: no step starts")]
+    Cancelling(String),
 }
 
 impl Error {

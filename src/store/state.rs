@@ -210,6 +210,26 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
+    /// Records an instance's last health report; false when the instance is not recorded.
+    pub async fn set_instance_health(
+        &self,
+        name: &str,
+        health: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let health = health.to_string();
+        let result = self
+            .retrying(|| {
+                sqlx::query("UPDATE instances SET health = $2, updated_at_us = $3 WHERE name = $1")
+                    .bind(name)
+                    .bind(health.as_str())
+                    .bind(micros(at))
+                    .execute(self.pool())
+            })
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
     pub async fn instance(&self, name: &str) -> Result<Option<InstanceRecord>, Error> {
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE name = $1");
         let row = self

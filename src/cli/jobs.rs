@@ -16,8 +16,6 @@ use crate::cli::{self, Format, store::StoreArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[command(flatten)]
-    pub store: StoreArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -26,6 +24,8 @@ pub struct Args {
 pub enum Command {
     /// The jobs, newest first.
     List {
+        #[command(flatten)]
+        store: StoreArgs,
         /// Only jobs with this status: pending, running, cancelling, succeeded, failed, dead
         /// or cancelled.
         #[arg(long, value_parser = parse_status)]
@@ -41,14 +41,24 @@ pub enum Command {
     },
     /// One job: its steps, attempts, errors and audit records.
     Show {
+        #[command(flatten)]
+        store: StoreArgs,
         id: String,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
     /// Send a dead or failed job back to the queue, its attempts counted afresh.
-    Retry { id: String },
+    Retry {
+        #[command(flatten)]
+        store: StoreArgs,
+        id: String,
+    },
     /// Cancel a job: a pending one at once, a running one at its next step boundary.
-    Cancel { id: String },
+    Cancel {
+        #[command(flatten)]
+        store: StoreArgs,
+        id: String,
+    },
 }
 
 fn parse_status(text: &str) -> Result<JobStatus, String> {
@@ -65,8 +75,14 @@ fn parse_status(text: &str) -> Result<JobStatus, String> {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
+    let store_args = match &args.command {
+        Command::List { store, .. }
+        | Command::Show { store, .. }
+        | Command::Retry { store, .. }
+        | Command::Cancel { store, .. } => store,
+    };
     cli::store::block_on(async {
-        let store = args.store.open(false).await?;
+        let store = store_args.open(false).await?;
         let result = command(&store, &args.command).await;
         store.close().await;
         result
@@ -80,6 +96,7 @@ async fn command(store: &Store, command: &Command) -> Result<ExitCode, cli::Erro
             instance,
             limit,
             format,
+            ..
         } => {
             let filter = JobFilter {
                 status: *status,
@@ -103,7 +120,7 @@ async fn command(store: &Store, command: &Command) -> Result<ExitCode, cli::Erro
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Show { id, format } => {
+        Command::Show { id, format, .. } => {
             let job = store
                 .job(id)
                 .await?
@@ -142,7 +159,7 @@ async fn command(store: &Store, command: &Command) -> Result<ExitCode, cli::Erro
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Retry { id } => {
+        Command::Retry { id, .. } => {
             let job = store.retry(id, Utc::now()).await;
             audit(store, "job.retry", id, job.as_ref().err()).await?;
             let job = job?;
@@ -154,7 +171,7 @@ async fn command(store: &Store, command: &Command) -> Result<ExitCode, cli::Erro
             ))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cancel { id } => {
+        Command::Cancel { id, .. } => {
             let job = store.cancel(id, Utc::now()).await;
             audit(store, "job.cancel", id, job.as_ref().err()).await?;
             let job = job?;

@@ -17,7 +17,7 @@ use crate::{
     queue::{Message, Queue},
     store::{
         Error, Store,
-        jobs::{JobKind, JobStatus, NewJob, Schedule},
+        jobs::{JobKind, NewJob, Schedule},
     },
 };
 
@@ -195,9 +195,7 @@ impl Scheduler {
                 // Another scheduler took this firing; the job is the same one.
                 continue;
             }
-            if recorded.status == JobStatus::Pending && recorded.created_at == now {
-                fired += 1;
-            }
+            fired += 1;
             let message = Message {
                 job: recorded.id.clone(),
                 region: recorded.region.clone(),

@@ -57,6 +57,9 @@ pub struct Options {
     pub retry_for: Duration,
     /// Connections in the pool.
     pub max_connections: u32,
+    /// How long a job waits after its first failed attempt; the wait doubles with each
+    /// attempt after that, up to an hour, plus jitter.
+    pub job_backoff: chrono::TimeDelta,
 }
 
 impl Default for Options {
@@ -64,6 +67,7 @@ impl Default for Options {
         Options {
             retry_for: Duration::from_secs(30),
             max_connections: 8,
+            job_backoff: chrono::TimeDelta::seconds(30),
         }
     }
 }
@@ -182,6 +186,10 @@ impl Store {
     }
 
     /// The pool, for the modules of the store.
+    pub(crate) fn options(&self) -> &Options {
+        &self.options
+    }
+
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }

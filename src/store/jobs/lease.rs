@@ -250,7 +250,7 @@ impl Store {
             Finish::Cancelled => ("cancelled", job.not_before, Some(at), job.error.as_deref()),
             Finish::Failed(message) if lease.attempt < job.max_attempts => {
                 let retry_at = at
-                    .checked_add_signed(retry_delay(lease.attempt))
+                    .checked_add_signed(retry_delay(self.options().job_backoff, lease.attempt))
                     .unwrap_or(DateTime::<Utc>::MAX_UTC);
                 ("pending", retry_at, None, Some(message))
             }

@@ -173,21 +173,27 @@ pub struct Due {
 pub use schedules::Schedule;
 
 /// How long a job waits after its failed attempt number `attempts` (counted from 1) at the
-/// least: 30 s, doubling with each attempt, at most one hour.
+/// least, by default: 30 s, doubling with each attempt, at most one hour.
 pub fn backoff(attempts: i64) -> TimeDelta {
-    const FIRST_SECONDS: i64 = 30;
-    const MAX_SECONDS: i64 = 60 * 60;
-    // 30 s × 2^7 is past the cap already; clamping keeps the shift in range.
-    let doublings = attempts.saturating_sub(1).clamp(0, 7);
-    TimeDelta::seconds((FIRST_SECONDS << doublings).min(MAX_SECONDS))
+    backoff_from(TimeDelta::seconds(30), attempts)
 }
 
-/// How long a job waits after its failed attempt number `attempts`: [`backoff`] with a
+/// How long a job waits after its failed attempt number `attempts` at the least, the first
+/// wait being `first`: doubling with each attempt, at most one hour (or `first`, if longer).
+pub fn backoff_from(first: TimeDelta, attempts: i64) -> TimeDelta {
+    let cap = TimeDelta::hours(1).max(first);
+    // Past 2^12 every wait of a millisecond or more is over the cap.
+    let doublings = attempts.saturating_sub(1).clamp(0, 12);
+    let factor = 1_i32 << doublings;
+    first.checked_mul(factor).unwrap_or(cap).min(cap)
+}
+
+/// How long a job waits after its failed attempt number `attempts`: [`backoff_from`] with a
 /// random jitter of up to as much again (backon's), so jobs that failed together do not
 /// come back together.
-pub fn retry_delay(attempts: i64) -> TimeDelta {
+pub fn retry_delay(first: TimeDelta, attempts: i64) -> TimeDelta {
     use backon::BackoffBuilder;
-    let base = backoff(attempts);
+    let base = backoff_from(first, attempts);
     let base_std = base.to_std().unwrap_or_default();
     // One step of an exponential backoff that starts and ends at `base`: `base` plus jitter.
     let delay = backon::ExponentialBuilder::default()
@@ -698,12 +704,22 @@ mod tests {
         assert_eq!(seconds(i64::MAX), 3_600);
         assert_eq!(seconds(0), 30);
         assert_eq!(seconds(i64::MIN), 30);
+        let fast = |attempts| backoff_from(TimeDelta::milliseconds(100), attempts);
+        assert_eq!(fast(3), TimeDelta::milliseconds(400));
+        assert_eq!(fast(i64::MAX), TimeDelta::hours(1));
+        assert_eq!(
+            backoff_from(TimeDelta::hours(2), 5),
+            TimeDelta::hours(2),
+            "a first wait past the cap is the cap"
+        );
     }
 
     #[test]
     fn retries_wait_the_backoff_and_up_to_as_much_again_and_not_all_alike() {
         for attempts in [1, 2, 5, 9] {
-            let delays: Vec<TimeDelta> = (0..50).map(|_| retry_delay(attempts)).collect();
+            let delays: Vec<TimeDelta> = (0..50)
+                .map(|_| retry_delay(TimeDelta::seconds(30), attempts))
+                .collect();
             let base = backoff(attempts);
             for delay in &delays {
                 assert!(

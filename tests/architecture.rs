@@ -1,6 +1,7 @@
 //! The core does no I/O and reads no clock: `diag`, `model`, `load`, `validate`, `policy`,
 //! `backups`, `plan`, `parallel` and `secret` import no async runtime,
-//! database, container, network or git crate, and do not touch the file system.
+//! database, container, network or git crate, nor an edge of wakafleet (source, store, queue,
+//! image, driver), and do not touch the file system.
 
 use std::path::Path;
 
@@ -21,6 +22,12 @@ const FORBIDDEN: &[&str] = &[
     "Utc::now",
     "SystemTime",
     "Instant::now",
+    // The edges of the crate itself.
+    "crate::source",
+    "crate::store",
+    "crate::queue",
+    "crate::image",
+    "crate::driver",
 ];
 
 /// Modules of `std` the core must not use, however the `use` is spelled.

@@ -55,15 +55,7 @@ impl Local {
     }
 
     pub async fn publish(&self, message: &Message) {
-        let mut state = self.state.lock().await;
-        let sequence = state.next;
-        state.next += 1;
-        state
-            .waiting
-            .entry(message.region.clone())
-            .or_default()
-            .push_back((sequence, message.clone()));
-        drop(state);
+        self.state.lock().await.publish(message);
         self.published.notify_waiters();
     }
 
@@ -128,6 +120,15 @@ impl Local {
 }
 
 impl State {
+    fn publish(&mut self, message: &Message) {
+        let sequence = self.next;
+        self.next += 1;
+        self.waiting
+            .entry(message.region.clone())
+            .or_default()
+            .push_back((sequence, message.clone()));
+    }
+
     /// The next delivery for a consumer of `regions` at `now`: a delivery left unacked past
     /// `claim_idle` (oldest entry first; dead-lettering those past `max_deliveries`), otherwise
     /// the oldest new entry of those regions.
@@ -205,4 +206,85 @@ fn wanted(regions: Option<&[String]>, region: &str) -> bool {
 /// `duration` after `instant`, or `None` when that is too far to represent (never, in effect).
 fn later(instant: Instant, duration: Duration) -> Option<Instant> {
     instant.checked_add(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(job: &str, region: &str) -> Message {
+        Message {
+            job: job.to_string(),
+            region: region.to_string(),
+        }
+    }
+
+    #[test]
+    fn an_unacked_delivery_is_taken_over_at_claim_idle_until_it_is_dead() {
+        let options = Options {
+            claim_idle: Duration::from_secs(60),
+            max_deliveries: 2,
+            ..Options::default()
+        };
+        let minutes = |count: u64| Duration::from_secs(60 * count);
+        let mut state = State::default();
+        state.publish(&message("poison", "a"));
+        let start = Instant::now();
+        let first = state.take(None, &options, start).expect("the new entry");
+        assert_eq!((first.id.as_str(), first.deliveries), ("0", 1));
+        let just_before = start + minutes(1) - Duration::from_millis(1);
+        assert_eq!(state.take(None, &options, just_before), None);
+        assert_eq!(
+            state.next_claimable(None, options.claim_idle),
+            Some(start + minutes(1))
+        );
+        assert_eq!(
+            state.next_claimable(Some(&["b".to_string()]), options.claim_idle),
+            None
+        );
+        let second = state
+            .take(None, &options, start + minutes(1))
+            .expect("taken over");
+        assert_eq!((second.id.as_str(), second.deliveries), ("0", 2));
+        assert_eq!(state.take(None, &options, start + minutes(2)), None);
+        assert_eq!(state.dead, [message("poison", "a")]);
+        assert!(state.pending.is_empty());
+        assert_eq!(state.next_claimable(None, options.claim_idle), None);
+    }
+
+    #[test]
+    fn the_oldest_new_entry_of_the_regions_asked_for_comes_first() {
+        let options = Options::default();
+        let mut state = State::default();
+        for (job, region) in [("b1", "b"), ("a1", "a"), ("b2", "b"), ("a2", "a")] {
+            state.publish(&message(job, region));
+        }
+        let now = Instant::now();
+        let mut take = |regions: Option<&[String]>| {
+            state
+                .take(regions, &options, now)
+                .map(|delivery| delivery.message.job)
+        };
+        let only_a = ["a".to_string()];
+        assert_eq!(take(Some(&only_a)).as_deref(), Some("a1"));
+        assert_eq!(take(None).as_deref(), Some("b1"));
+        assert_eq!(take(None).as_deref(), Some("b2"));
+        assert_eq!(take(Some(&only_a)).as_deref(), Some("a2"));
+        assert_eq!(take(None), None);
+    }
+
+    #[tokio::test]
+    async fn an_id_the_queue_never_gave_out_cannot_be_acked() {
+        let local = Local::new(Options::default());
+        let delivery = Delivery {
+            message: message("job", "a"),
+            id: "1700000000000-0".to_string(),
+            deliveries: 1,
+        };
+        let error = local.ack(&delivery).await.expect_err("a Redis id");
+        assert_eq!(
+            error.to_string(),
+            "`1700000000000-0` is not the id of a delivery of the in-process queue"
+        );
+    }
 }

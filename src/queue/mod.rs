@@ -95,6 +95,14 @@ pub enum Error {
         #[source]
         source: ::redis::RedisError,
     },
+    #[error(
+        "the queue's Redis at {url} refused the connection: check the user, password and database in the URL"
+    )]
+    Rejected {
+        url: String,
+        #[source]
+        source: ::redis::RedisError,
+    },
     /// Redis went away (or never answered) while `doing` was under way; the same call succeeds
     /// again once it is back.
     #[error("{doing} failed: the queue's Redis at {url} cannot be reached; is it running?")]
@@ -104,14 +112,22 @@ pub enum Error {
         #[source]
         source: ::redis::RedisError,
     },
-    /// Redis answered `doing` with an error.
+    /// A key where the queue keeps a stream or a set holds something else.
     #[error(
-        "{doing} failed: the queue's Redis at {url} refused it; is something else using the keys `{prefix}:*`?"
+        "{doing} failed: a key of the queue's Redis at {url} holds something else; is another program using the prefix `{prefix}`? Give the queue a prefix of its own, or delete those keys"
     )]
-    Refused {
+    Foreign {
         doing: String,
         url: String,
         prefix: String,
+        #[source]
+        source: ::redis::RedisError,
+    },
+    /// Redis answered `doing` with an error.
+    #[error("{doing} failed: the queue's Redis at {url} answered with an error")]
+    Refused {
+        doing: String,
+        url: String,
         #[source]
         source: ::redis::RedisError,
     },
@@ -139,7 +155,8 @@ impl Queue {
     /// Streams (connected at once).
     ///
     /// Errors: [`Error::Url`] for anything else, [`Error::InvalidUrl`] for a Redis URL that does
-    /// not parse, and [`Error::Unreachable`] (naming the address) when Redis does not answer.
+    /// not parse, [`Error::Unreachable`] (naming the address) when Redis does not answer, and
+    /// [`Error::Rejected`] when it refuses the credentials or the database.
     pub async fn open(url: &str, options: Options) -> Result<Queue, Error> {
         if url == "local" {
             return Ok(Queue::Local(local::Local::new(options)));

@@ -10,7 +10,7 @@
 //!
 //! An ack is `XACK` and `XDEL` in one transaction, so a region's stream holds exactly the
 //! entries not yet acked and its length is the queue's depth. Job streams are never trimmed by
-//! length: Redis 7.0 trims without looking at the consumer group, so `MAXLEN` would drop
+//! length: Redis 7 trims without looking at the consumer group, so `MAXLEN` would drop
 //! entries that were never acked. A stream of a region that nobody serves grows until someone
 //! does; the entries are a few dozen bytes each.
 //!
@@ -22,12 +22,19 @@
 //! after Redis restarts; a command that finds the connection lost is sent once more.
 //!
 //! A blocking `XREADGROUP` holds its connection until it returns, and would stall every
-//! command sharing a multiplexed connection, so each waits on a connection of its own with no
-//! response timeout (a default connection gives up after 500 ms); connections are kept per
-//! consumer name between calls. A consumer asks for one entry at a time: ready entries are read
-//! from one stream after another, and only when all are empty does it block on all of them.
-//! Should the blocking read still bring entries of several streams, the extras are handed back:
-//! added again at the end of their stream and acked in one transaction.
+//! command sharing a multiplexed connection, so each waits on a connection of its own with the
+//! crate's response timeout off (a default connection gives up after 500 ms) and a deadline of
+//! its own, its `BLOCK` time and a margin; connections are kept per consumer name between
+//! calls. A read blocks for at most a quarter of `claim_idle`, then the
+//! receive looks for entries to take over (and, for a consumer of every region, for new
+//! regions) before it blocks again; while no region exists it looks every 250 ms.
+//!
+//! A consumer asks for one entry at a time: ready entries are read from one stream after
+//! another, starting at a different stream each time, and only when all are empty does it
+//! block on all of them. Should the blocking read still bring entries of several streams, the
+//! extras are handed back: added again at the end of their stream and acked in one
+//! transaction. Entries are taken over with `XAUTOCLAIM`, one per call and stream, resuming
+//! where the last call stopped, so a long pending list is covered over several calls.
 
 use std::{
     collections::HashMap,
@@ -57,9 +64,10 @@ use crate::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a command other than a blocking read may take.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the shared connection tries to reconnect (about three seconds in all) before the
-/// command waiting for it fails; the next command tries again.
-const RECONNECT_ATTEMPTS: usize = 5;
+/// How often the shared connection tries again to connect (within a second) before the
+/// command waiting for it fails: while Redis is down, calls fail soon with an error that says
+/// so, and the next call tries again.
+const RECONNECT_ATTEMPTS: usize = 2;
 /// How long past its `BLOCK` time a blocking read may take before its connection is deemed
 /// dead.
 const BLOCK_MARGIN: Duration = Duration::from_secs(5);
@@ -68,8 +76,11 @@ const BLOCK_MARGIN: Duration = Duration::from_secs(5);
 const NO_REGION_RETRY: Duration = Duration::from_millis(250);
 /// How many unacked entries one call may take over only to dead-letter them, per stream.
 const DEAD_LETTERS_PER_CALL: usize = 16;
-/// How often a receive starts again after the group vanished or the connection was lost.
-const RECEIVE_ATTEMPTS: u32 = 5;
+/// The shortest wait of one blocking read.
+const MIN_BLOCK: Duration = Duration::from_millis(10);
+/// How often one receive creates groups again before it gives up: more than once only if
+/// something deletes them as fast.
+const GROUP_ATTEMPTS: u32 = 3;
 
 /// The queue on Redis Streams.
 pub struct Redis {
@@ -118,12 +129,16 @@ impl Redis {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(RECONNECT_ATTEMPTS)
-            .set_max_delay(Duration::from_secs(2));
+            .set_max_delay(Duration::from_millis(500));
         let shared = ConnectionManager::new_with_config(client.clone(), config)
             .await
-            .map_err(|source| Error::Unreachable {
-                url: shown.clone(),
-                source,
+            .map_err(|source| {
+                let url = shown.clone();
+                if is_connection_lost(&source) {
+                    Error::Unreachable { url, source }
+                } else {
+                    Error::Rejected { url, source }
+                }
             })?;
         Ok(Redis {
             url: shown,
@@ -165,28 +180,20 @@ impl Redis {
         wait: Duration,
     ) -> Result<Option<Delivery>, Error> {
         let deadline = Instant::now().checked_add(wait);
-        let mut attempts = 0;
+        let (mut groups_created, mut reconnected) = (0, false);
         loop {
-            let result = self.receive_once(consumer, regions, deadline).await;
-            let out_of_time = deadline.is_some_and(|deadline| Instant::now() >= deadline);
-            match result {
+            match self.receive_once(consumer, regions, deadline).await {
                 Ok(Some(delivery)) => return Ok(Some(delivery)),
-                Ok(None) if out_of_time => return Ok(None),
-                Ok(None) => {
-                    // No region exists yet, or what came was unreadable: look again, without
-                    // spinning.
-                    let rest = deadline.map_or(NO_REGION_RETRY, |deadline| {
-                        deadline.saturating_duration_since(Instant::now())
-                    });
-                    tokio::time::sleep(rest.min(NO_REGION_RETRY)).await;
+                Ok(None) if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
+                    return Ok(None);
                 }
-                // The group was created again, or the connection will be: start again.
-                Err(error)
-                    if attempts + 1 < RECEIVE_ATTEMPTS
-                        && (is_missing_group(&error) || is_connection_lost(&error)) =>
-                {
-                    attempts += 1;
+                Ok(None) => {}
+                // The group was created again: start again.
+                Err(error) if is_missing_group(&error) && groups_created < GROUP_ATTEMPTS => {
+                    groups_created += 1;
                 }
+                // The shared connection reconnects by itself: start again once.
+                Err(error) if is_connection_lost(&error) && !reconnected => reconnected = true,
                 Err(error) => {
                     return Err(
                         self.error(format!("receiving a job for consumer `{consumer}`"), error)
@@ -225,6 +232,9 @@ impl Redis {
             .streams(None)
             .await
             .map_err(|source| self.error("counting the queue's entries".to_string(), source))?;
+        if streams.is_empty() {
+            return Ok(0);
+        }
         let lengths: Vec<u64> = self
             .shared_command(
                 || "counting the queue's entries".to_string(),
@@ -277,8 +287,8 @@ impl Redis {
     }
 
     /// One attempt at a delivery: take over an abandoned entry, else read a ready one, else
-    /// block until `deadline` for a new one. `Ok(None)` at once when there is no stream to
-    /// read; a group found missing is created before its error is returned.
+    /// block for a new one. `Ok(None)` when nothing came; a group found missing is created
+    /// before its error is returned.
     async fn receive_once(
         &self,
         consumer: &str,
@@ -287,6 +297,11 @@ impl Redis {
     ) -> RedisResult<Option<Delivery>> {
         let streams = self.streams(regions).await?;
         if streams.is_empty() {
+            // No region has been published to: there is no stream to block on yet.
+            let rest = deadline.map_or(NO_REGION_RETRY, |deadline| {
+                deadline.saturating_duration_since(Instant::now())
+            });
+            tokio::time::sleep(rest.min(NO_REGION_RETRY)).await;
             return Ok(None);
         }
         let result = self.receive_from(consumer, &streams, deadline).await;
@@ -382,56 +397,66 @@ impl Redis {
         Ok(None)
     }
 
-    /// Blocks until `deadline` for a new entry of `streams`, on a connection of the consumer's.
+    /// Blocks until `deadline` for a new entry of `streams`, on a connection of the consumer's,
+    /// but for at most a quarter of `claim_idle`: meanwhile an entry may become due for
+    /// takeover, or a new region appear. `Ok(None)` when nothing came.
     async fn read_blocking(
         &self,
         consumer: &str,
         streams: &[String],
         deadline: Option<Instant>,
     ) -> RedisResult<Option<Delivery>> {
-        // BLOCK 0 waits for ever; a wait too long to represent is the same.
-        let rest = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
-        let block = match rest {
-            Some(rest) if rest.as_millis() == 0 => return Ok(None),
-            Some(rest) => millis(rest),
-            None => 0,
-        };
-        let idle = lock(&self.blocking).get_mut(consumer).and_then(Vec::pop);
-        let mut connection = match idle {
-            Some(connection) => connection,
-            None => {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(None);
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?
+        let mut block = (self.options.claim_idle / 4).max(MIN_BLOCK);
+        if let Some(deadline) = deadline {
+            let rest = deadline.saturating_duration_since(Instant::now());
+            // BLOCK 0 would wait for ever.
+            if rest < Duration::from_millis(1) {
+                return Ok(None);
             }
-        };
+            block = block.min(rest);
+        }
         let options = StreamReadOptions::default()
             .group(self.keys.group(), consumer)
             .count(1)
-            .block(usize::try_from(block).unwrap_or(usize::MAX));
+            .block(usize::try_from(block.as_millis()).unwrap_or(usize::MAX));
         let ids = vec![">"; streams.len()];
-        let read = connection.xread_options(streams, &ids, &options);
-        let result: RedisResult<Option<StreamReadReply>> = match rest {
-            Some(rest) => match tokio::time::timeout(rest + BLOCK_MARGIN, read).await {
-                Ok(result) => result,
-                Err(_elapsed) => Err(RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "a blocking read did not return in time",
-                ))),
-            },
-            None => read.await,
-        };
-        // A connection that broke is dropped here; the next read opens another.
-        if !matches!(&result, Err(error) if is_connection_lost(error)) {
-            lock(&self.blocking)
-                .entry(consumer.to_string())
-                .or_default()
-                .push(connection);
+        loop {
+            let kept = lock(&self.blocking).get_mut(consumer).and_then(Vec::pop);
+            let was_kept = kept.is_some();
+            let mut connection = match kept {
+                Some(connection) => connection,
+                None => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                        .set_response_timeout(None);
+                    self.client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?
+                }
+            };
+            let read = connection.xread_options(streams, &ids, &options);
+            let result: RedisResult<Option<StreamReadReply>> =
+                match tokio::time::timeout(block + BLOCK_MARGIN, read).await {
+                    Ok(result) => result,
+                    Err(_elapsed) => Err(RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "a blocking read did not return in time",
+                    ))),
+                };
+            match result {
+                // A connection kept from an earlier read may have died with a Redis restart:
+                // try a new one. A broken connection is dropped here.
+                Err(error) if is_connection_lost(&error) && was_kept => continue,
+                Err(error) if is_connection_lost(&error) => return Err(error),
+                result => {
+                    lock(&self.blocking)
+                        .entry(consumer.to_string())
+                        .or_default()
+                        .push(connection);
+                    return self.first_delivery(result?).await;
+                }
+            }
         }
-        self.first_delivery(result?).await
     }
 
     /// The first readable entry of a read as a delivery; the others are handed back, and
@@ -558,7 +583,7 @@ impl Redis {
                 .xgroup_create_mkstream(stream, self.keys.group(), "0")
                 .await;
             match created {
-                Err(error) if error.code() == Some("BUSYGROUP") => {}
+                Err(error) if has_code(&error, "BUSYGROUP") => {}
                 other => other?,
             }
         }
@@ -566,7 +591,9 @@ impl Redis {
     }
 
     /// Runs `command` on the shared connection, once more if the connection was lost (the
-    /// manager reconnects in between); a failure says what was being done.
+    /// manager reconnects in between); a failure says what was being done. A publish whose
+    /// first try landed before the connection broke is published twice, which at-least-once
+    /// delivery allows.
     async fn shared_command<T, F, Fut>(
         &self,
         doing: impl Fn() -> String,
@@ -584,19 +611,18 @@ impl Redis {
     }
 
     fn error(&self, doing: String, source: RedisError) -> Error {
-        if is_connection_lost(&source) || source.is_timeout() {
-            Error::Unavailable {
+        let url = self.url.clone();
+        if is_connection_lost(&source) {
+            Error::Unavailable { doing, url, source }
+        } else if has_code(&source, "WRONGTYPE") {
+            Error::Foreign {
                 doing,
-                url: self.url.clone(),
-                source,
-            }
-        } else {
-            Error::Refused {
-                doing,
-                url: self.url.clone(),
+                url,
                 prefix: self.keys.prefix.clone(),
                 source,
             }
+        } else {
+            Error::Refused { doing, url, source }
         }
     }
 }
@@ -629,13 +655,23 @@ impl Keys {
 /// Whether Redis says a stream or its group is gone: `NOGROUP`, or `UNBLOCKED` for a read that
 /// was waiting when its stream was deleted.
 fn is_missing_group(error: &RedisError) -> bool {
-    matches!(error.code(), Some("NOGROUP" | "UNBLOCKED"))
+    has_code(error, "NOGROUP") || has_code(error, "UNBLOCKED")
 }
 
-/// Whether the connection broke (Redis went away, restarted, or did not answer in time), so
-/// the command may succeed on a new one.
+/// Whether Redis answered with the error `code`, to a command or to one of a pipeline's.
+fn has_code(error: &RedisError, code: &str) -> bool {
+    error.code() == Some(code)
+        || error.clone().into_server_errors().is_some_and(|errors| {
+            errors
+                .iter()
+                .any(|(_, server_error)| server_error.code() == code)
+        })
+}
+
+/// Whether the connection broke, or never came (Redis went away, restarted, or did not answer
+/// in time), so the command may succeed on a new one.
 fn is_connection_lost(error: &RedisError) -> bool {
-    error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error()
+    error.is_io_error() || error.is_connection_dropped()
 }
 
 /// A duration in whole milliseconds, as Redis takes them.

@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod postgres;
+pub mod redis;
 
 use std::{
     path::Path,

@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use common::postgres::Postgres;
+use common::{postgres::Postgres, redis::Redis};
 use wakafleet::{
     jobs::{
         Context, Executor, StepDef, StepError,
@@ -860,5 +860,79 @@ async fn every_job_finishes_though_postgresql_restarts_mid_run() {
     );
     stop.cancel();
     running.await.expect("the pool");
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_finishes_though_redis_is_flushed_and_then_restarted_mid_run() {
+    let postgres = Postgres::start();
+    let url = postgres.admin_url(&postgres.create_database("store").await);
+    let mut redis = Redis::start();
+    let options = store::Options {
+        job_backoff: TimeDelta::milliseconds(50),
+        ..store::Options::default()
+    };
+    let store = Arc::new(
+        Store::open(&url.as_str().into(), options)
+            .await
+            .expect("a store"),
+    );
+    // Two hosts, each with its own queue client and pool.
+    let queue = |_: u8| async {
+        Arc::new(
+            Queue::open(&redis.url(), queue::Options::default())
+                .await
+                .expect("a queue"),
+        )
+    };
+    let (first_queue, second_queue) = (queue(1).await, queue(2).await);
+    let executor = Arc::new(Scripted::default());
+    for index in 0..60 {
+        worker::enqueue(
+            &store,
+            &first_queue,
+            &new_job(
+                &format!("i{index}"),
+                serde_json::json!({"steps": ["a", "b"]}),
+                5,
+            ),
+        )
+        .await
+        .expect("a job");
+    }
+    let stop = CancellationToken::new();
+    let first =
+        tokio::spawn(pool(&store, &first_queue, executor.clone(), "host-a", 2).run(stop.clone()));
+    let second =
+        tokio::spawn(pool(&store, &second_queue, executor.clone(), "host-b", 2).run(stop.clone()));
+    let ran = |count: usize| {
+        let executor = Arc::clone(&executor);
+        async move {
+            while executor.log().len() < count {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    ran(20).await;
+    // Every delivery the queue held is gone: the store's scan publishes the due jobs again.
+    redis.flushall();
+    ran(60).await;
+    redis.restart();
+    drained(&store, Duration::from_secs(60)).await;
+    assert_eq!(
+        store.job_counts().await.expect("counts"),
+        [(JobStatus::Succeeded, 60)]
+    );
+    let runs = executor.log();
+    for step in ["a", "b"] {
+        let count = runs
+            .iter()
+            .filter(|entry| **entry == format!("run {step}"))
+            .count();
+        assert_eq!(count, 60, "each job's step {step} ran once");
+    }
+    stop.cancel();
+    first.await.expect("a pool");
+    second.await.expect("a pool");
     store.close().await;
 }

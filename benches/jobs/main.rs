@@ -140,11 +140,19 @@ fn main() -> ExitCode {
         println!("round {}", round + 1);
         for (name, redis_url) in [("Redis", Some(redis.url())), ("in-process", None)] {
             let floor = runtime.block_on(async {
-                let url = postgres.admin_url(&postgres.create_database(&format!("floor{round}{}", redis_url.is_some())).await);
+                let url = postgres.admin_url(
+                    &postgres
+                        .create_database(&format!("floor{round}{}", redis_url.is_some()))
+                        .await,
+                );
                 floor_case(&url, redis_url.as_deref(), jobs).await
             });
             let ours = runtime.block_on(async {
-                let url = postgres.admin_url(&postgres.create_database(&format!("ours{round}{}", redis_url.is_some())).await);
+                let url = postgres.admin_url(
+                    &postgres
+                        .create_database(&format!("ours{round}{}", redis_url.is_some()))
+                        .await,
+                );
                 ours_case(&url, redis_url.as_deref(), jobs, round).await
             });
             floor.print(&format!("floor over {name}"));
@@ -213,7 +221,9 @@ async fn ours_case(url: &str, redis: Option<&str>, jobs: usize, round: usize) ->
                     reason: "bench".into(),
                     not_before: Utc::now(),
                 };
-                worker::enqueue(&store, &queue, &job).await.expect("enqueued");
+                worker::enqueue(&store, &queue, &job)
+                    .await
+                    .expect("enqueued");
             }
         })
     };
@@ -429,10 +439,7 @@ fn micros() -> i64 {
 
 /// An unbounded multi-consumer channel of wake-ups for the in-process floor.
 fn async_channel() -> (Sender, Receiver) {
-    let shared = Arc::new((
-        std::sync::Mutex::new(0_usize),
-        tokio::sync::Notify::new(),
-    ));
+    let shared = Arc::new((std::sync::Mutex::new(0_usize), tokio::sync::Notify::new()));
     (Sender(Arc::clone(&shared)), Receiver(shared))
 }
 

@@ -52,6 +52,8 @@ use wakafleet::{
 };
 
 const WORKERS: usize = 4;
+/// Tasks enqueueing at once, as a daemon enqueueing a plan's actions does.
+const PRODUCERS: usize = 4;
 const GOAL_RATIO: f64 = 1.5;
 const GOAL_RATE: f64 = 1_000.0;
 
@@ -112,6 +114,7 @@ fn main() -> ExitCode {
     let mut jobs = 10_000_usize;
     let mut rounds = 1_usize;
     let mut strict = false;
+    let mut only = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |name: &str| -> usize {
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
             "--jobs" => jobs = number("--jobs").max(WORKERS),
             "--rounds" => rounds = number("--rounds").max(1),
             "--strict" => strict = true,
+            "--only" => only = args.next(),
             _ => {}
         }
     }
@@ -139,6 +143,9 @@ fn main() -> ExitCode {
     for round in 0..rounds {
         println!("round {}", round + 1);
         for (name, redis_url) in [("Redis", Some(redis.url())), ("in-process", None)] {
+            if only.as_deref().is_some_and(|only| only != name) {
+                continue;
+            }
             let floor = runtime.block_on(async {
                 let url = postgres.admin_url(
                     &postgres
@@ -205,10 +212,11 @@ async fn ours_case(url: &str, redis: Option<&str>, jobs: usize, round: usize) ->
     };
     let running = tokio::spawn(pool.run(stop.clone()));
     let started = Instant::now();
-    let producer = {
+    let mut producers = Vec::new();
+    for producer in 0..PRODUCERS {
         let (store, queue) = (Arc::clone(&store), Arc::clone(&queue));
-        tokio::spawn(async move {
-            for index in 0..jobs {
+        producers.push(tokio::spawn(async move {
+            for index in (producer..jobs).step_by(PRODUCERS) {
                 let job = NewJob {
                     id: None,
                     kind: JobKind::Health,
@@ -225,9 +233,11 @@ async fn ours_case(url: &str, redis: Option<&str>, jobs: usize, round: usize) ->
                     .await
                     .expect("enqueued");
             }
-        })
-    };
-    producer.await.expect("the producer");
+        }));
+    }
+    for producer in producers {
+        producer.await.expect("a producer");
+    }
     loop {
         let counts = store.job_counts().await.expect("counts");
         let done: i64 = counts
@@ -261,6 +271,17 @@ async fn ours_case(url: &str, redis: Option<&str>, jobs: usize, round: usize) ->
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        let mut slow: Vec<&Job> = finished.iter().collect();
+        slow.sort_by_key(|job| job.finished_at.map(|at| at - job.created_at));
+        for job in slow.iter().rev().take(3) {
+            eprintln!(
+                "slow: {} created {} started {:?} finished {:?} attempts {}",
+                job.instance, job.created_at, job.started_at, job.finished_at, job.attempts
+            );
+        }
+        eprintln!("measured {seconds} s; done {}", finished.len());
+    }
     store.close().await;
     Figures { seconds, latencies }
 }
@@ -357,21 +378,39 @@ async fn floor_case(url: &str, redis: Option<&str>, jobs: usize) -> Figures {
                 };
                 let Some(entry) = entry else { continue };
                 let now = micros();
-                let claimed = sqlx::query(
-                    "UPDATE floor_jobs SET status = 'running' WHERE id = (SELECT id FROM floor_jobs \
-                     WHERE status = 'pending' ORDER BY priority DESC, created_us LIMIT 1 \
-                     FOR UPDATE SKIP LOCKED) RETURNING id",
-                )
-                .fetch_optional(&pool)
-                .await
-                .expect("a claim");
+                // As the pool does: a claim that finds nothing is tried again a little later.
+                let claim = || {
+                    sqlx::query(
+                        "UPDATE floor_jobs SET status = 'running' WHERE id = (SELECT id FROM floor_jobs \
+                         WHERE status = 'pending' ORDER BY priority DESC, created_us LIMIT 1 \
+                         FOR UPDATE SKIP LOCKED) RETURNING id",
+                    )
+                    .fetch_optional(&pool)
+                };
+                let mut claimed = claim().await.expect("a claim");
+                for wait in [2, 10, 50] {
+                    if claimed.is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    claimed = claim().await.expect("a claim");
+                }
                 if let Some(connection) = &mut blocking {
                     let _: i64 = connection
                         .xack("floor", "g", &[&entry])
                         .await
                         .expect("XACK");
                 }
-                let Some(row) = claimed else { continue };
+                let Some(row) = claimed else {
+                    if std::env::var_os("BENCH_DEBUG").is_some() {
+                        let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM floor_jobs WHERE status = 'pending'")
+                            .fetch_one(&pool)
+                            .await
+                            .expect("a count");
+                        eprintln!("floor: an empty claim with {pending} pending");
+                    }
+                    continue;
+                };
                 let id: String = row.try_get(0).expect("an id");
                 sqlx::query("UPDATE floor_jobs SET status = 'done', finished_us = $2 WHERE id = $1")
                     .bind(id)
@@ -386,34 +425,44 @@ async fn floor_case(url: &str, redis: Option<&str>, jobs: usize) -> Figures {
         }));
     }
     let started = Instant::now();
-    let mut publisher = match &client {
-        Some(client) => Some(
-            client
-                .get_multiplexed_async_connection()
+    let sender = Arc::new(sender);
+    let mut producers = Vec::new();
+    for producer in 0..PRODUCERS {
+        let (pool, client, sender) = (pool.clone(), client.clone(), Arc::clone(&sender));
+        producers.push(tokio::spawn(async move {
+            let mut publisher = match &client {
+                Some(client) => Some(
+                    client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .expect("a Redis connection"),
+                ),
+                None => None,
+            };
+            for index in (producer..jobs).step_by(PRODUCERS) {
+                let id = format!("job-{index}");
+                sqlx::query(
+                    "INSERT INTO floor_jobs (id, status, priority, created_us) VALUES ($1, 'pending', 0, $2)",
+                )
+                .bind(id.as_str())
+                .bind(micros())
+                .execute(&pool)
                 .await
-                .expect("a Redis connection"),
-        ),
-        None => None,
-    };
-    for index in 0..jobs {
-        let id = format!("job-{index}");
-        sqlx::query(
-            "INSERT INTO floor_jobs (id, status, priority, created_us) VALUES ($1, 'pending', 0, $2)",
-        )
-        .bind(id.as_str())
-        .bind(micros())
-        .execute(&pool)
-        .await
-        .expect("an insert");
-        match &mut publisher {
-            Some(connection) => {
-                let _: String = connection
-                    .xadd("floor", "*", &[("job", id.as_str())])
-                    .await
-                    .expect("XADD");
+                .expect("an insert");
+                match &mut publisher {
+                    Some(connection) => {
+                        let _: String = connection
+                            .xadd("floor", "*", &[("job", id.as_str())])
+                            .await
+                            .expect("XADD");
+                    }
+                    None => sender.send(()),
+                }
             }
-            None => sender.send(()),
-        }
+        }));
+    }
+    for producer in producers {
+        producer.await.expect("a producer");
     }
     all_done.notified().await;
     let seconds = started.elapsed().as_secs_f64();

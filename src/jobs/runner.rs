@@ -131,13 +131,18 @@ impl Runner {
                 return self.fail(&mut run, &error, None).await;
             }
         };
-        let recorded: BTreeMap<i64, Step> = self
-            .store
-            .steps(&job.id)
-            .await?
-            .into_iter()
-            .map(|step| (step.position, step))
-            .collect();
+        // A job on its first attempt that never failed has no steps yet.
+        let fresh = job.attempts == 1 && job.stalls == 0 && job.error.is_none();
+        let recorded: BTreeMap<i64, Step> = if fresh {
+            BTreeMap::new()
+        } else {
+            self.store
+                .steps(&job.id)
+                .await?
+                .into_iter()
+                .map(|step| (step.position, step))
+                .collect()
+        };
         let mut run = Run {
             job: &job,
             lease,

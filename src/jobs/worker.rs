@@ -149,7 +149,17 @@ impl Pool {
                     continue;
                 }
             };
-            let claimed = self.store.claim(&claimant, Utc::now()).await;
+            // Under concurrent claims, `SKIP LOCKED` can pass over every ready row while the
+            // claims that locked them are still deciding: a delivery whose claim finds nothing
+            // tries again a little later before it is given up.
+            let mut claimed = self.store.claim(&claimant, Utc::now()).await;
+            for wait in EMPTY_CLAIM_RETRIES {
+                if !matches!(claimed, Ok(None)) {
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+                claimed = self.store.claim(&claimant, Utc::now()).await;
+            }
             // The store decides now: the delivery has done its work whatever came of it.
             if let Err(error) = self.queue.ack(&delivery).await {
                 tracing::warn!(%consumer, %error, "a delivery could not be acknowledged");
@@ -272,6 +282,13 @@ pub enum UpkeepError {
     #[error(transparent)]
     Queue(#[from] crate::queue::Error),
 }
+
+/// How long a slot waits before it claims again after a claim that found nothing.
+const EMPTY_CLAIM_RETRIES: [Duration; 3] = [
+    Duration::from_millis(2),
+    Duration::from_millis(10),
+    Duration::from_millis(50),
+];
 
 /// Waits a little longer after each failure in a row, at most 5 s, unless stopped.
 async fn pause(stop: &CancellationToken, failures: u32) {

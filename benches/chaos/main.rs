@@ -234,7 +234,7 @@ async fn orchestrate(url: &str, redis: &Redis, jobs: usize) -> Report {
         }
         // Kill a random worker now and then, while work is left.
         tokio::time::sleep(Duration::from_millis(150 + random() % 300)).await;
-        if random() % 2 == 0 {
+        if random().is_multiple_of(2) {
             let victim = (random() as usize) % workers.len();
             let _ = workers[victim].kill();
             let _ = workers[victim].wait();

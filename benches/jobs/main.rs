@@ -248,7 +248,7 @@ async fn ours_case(url: &str, redis: Option<&str>, jobs: usize, round: usize) ->
         if done as usize >= jobs {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
     stop.cancel();

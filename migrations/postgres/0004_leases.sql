@@ -20,6 +20,8 @@ ALTER TABLE jobs ADD COLUMN stalls BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN cancel_requested_at_us BIGINT;
 CREATE INDEX jobs_claim ON jobs (claim);
 CREATE INDEX jobs_leases ON jobs (status, lease_until_us);
+-- The order claims take ready jobs in, so a claim reads the head of the queue, not all of it.
+CREATE INDEX jobs_claim_order ON jobs (status, priority DESC, created_at_us, id);
 ALTER TABLE schedules ADD COLUMN region TEXT NOT NULL DEFAULT '';
 ALTER TABLE job_steps ADD COLUMN job_attempt BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE job_steps ADD COLUMN output TEXT;

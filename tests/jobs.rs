@@ -936,3 +936,121 @@ async fn every_job_finishes_though_redis_is_flushed_and_then_restarted_mid_run()
     second.await.expect("a pool");
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_patches_go_first_and_the_jobs_command_lists_shows_and_cancels() {
+    let folder = tempfile::tempdir().expect("a folder");
+    let store = sqlite(&folder).await;
+    let url = format!("sqlite://{}", folder.path().join("store.db").display());
+    let mut ids = Vec::new();
+    for (instance, kind, security) in [
+        ("a", JobKind::Configure, false),
+        ("b", JobKind::Upgrade, false),
+        ("c", JobKind::Upgrade, true),
+        ("d", JobKind::Configure, false),
+    ] {
+        let mut job = new_job(instance, serde_json::json!({"steps": ["x"]}), 3);
+        job.kind = kind;
+        job.priority = wakafleet::jobs::priority(kind, security);
+        ids.push(store.enqueue(&job, Utc::now()).await.expect("a job").id);
+    }
+    // The security patch first, then the order they came in.
+    let mut order = Vec::new();
+    for _ in 0..2 {
+        order.push(claim(&store, "w").await.instance);
+    }
+    assert_eq!(order, ["c", "a"]);
+
+    let listed = common::stdout_of_success(&common::wakafleet(
+        folder.path(),
+        &["jobs", "list", "--store", &url, "--format", "json"],
+    ));
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
+    let jobs = listed["jobs"].as_array().expect("a list");
+    assert_eq!(jobs.len(), 4);
+    let c = jobs
+        .iter()
+        .find(|job| job["instance"] == "c")
+        .expect("job c");
+    let fields: Vec<&str> = c
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "attempts",
+            "commit",
+            "id",
+            "instance",
+            "kind",
+            "last_error",
+            "not_before",
+            "priority",
+            "status",
+            "step"
+        ]
+    );
+    assert_eq!(
+        (
+            &c["status"],
+            &c["kind"],
+            &c["priority"],
+            &c["attempts"],
+            &c["commit"]
+        ),
+        (
+            &serde_json::json!("running"),
+            &serde_json::json!("upgrade"),
+            &serde_json::json!(100),
+            &serde_json::json!(1),
+            &serde_json::json!(origin().sha)
+        )
+    );
+    let pending = common::stdout_of_success(&common::wakafleet(
+        folder.path(),
+        &[
+            "jobs", "list", "--store", &url, "--status", "pending", "--format", "json",
+        ],
+    ));
+    let pending: serde_json::Value = serde_json::from_str(&pending).expect("JSON");
+    assert_eq!(pending["jobs"].as_array().map(Vec::len), Some(2));
+
+    // Cancelling a running job says it is cancelling; a pending one is cancelled at once.
+    let said = common::stdout_of_success(&common::wakafleet(
+        folder.path(),
+        &["jobs", "cancel", &ids[2], "--store", &url],
+    ));
+    assert!(said.contains("is cancelling"), "{said}");
+    let said = common::stdout_of_success(&common::wakafleet(
+        folder.path(),
+        &["jobs", "cancel", &ids[3], "--store", &url],
+    ));
+    assert!(said.ends_with("is cancelled\n"), "{said}");
+    let refused = common::wakafleet(folder.path(), &["jobs", "cancel", &ids[3], "--store", &url]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("only a pending or running job can be cancelled"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let shown = common::stdout_of_success(&common::wakafleet(
+        folder.path(),
+        &["jobs", "show", &ids[2], "--store", &url],
+    ));
+    assert!(shown.contains("status     cancelling"), "{shown}");
+    let audited = store
+        .audit_query(
+            &Filter {
+                action: Some("job.cancel".into()),
+                ..Filter::default()
+            },
+            10,
+        )
+        .await
+        .expect("the audit");
+    assert_eq!(audited.len(), 3, "the refused one too");
+}

@@ -29,6 +29,19 @@ use crate::store::jobs::Job;
 
 pub use payload::{Payload, WireTarget};
 
+/// The priority of a job that applies a security patch: claimed before every other ready
+/// job; the rest keep the order they were enqueued in (the plan's order).
+pub const SECURITY_PATCH: i64 = 100;
+
+/// The priority of a job of `kind`: [`SECURITY_PATCH`] for an upgrade to a release that
+/// carries a security fix, 0 for everything else.
+pub fn priority(kind: crate::store::jobs::JobKind, security_patch: bool) -> i64 {
+    match kind {
+        crate::store::jobs::JobKind::Upgrade if security_patch => SECURITY_PATCH,
+        _ => 0,
+    }
+}
+
 /// One step of a workflow.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepDef {

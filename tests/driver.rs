@@ -1,6 +1,11 @@
 //! The driver against the real Docker engine and a real PostgreSQL server: the whole life of
 //! an instance, isolation between instances, drift, and unreachable parts.
 //!
+//! The lifecycle operations are jobs: each runs through the jobs layer (`common::jobs`) on a
+//! SQLite store, as a worker runs it, with every step recorded and a failed one rolled back;
+//! a test that takes an instance apart or sets up what a crash leaves behind calls the
+//! driver's primitives itself.
+//!
 //! Images of the demo platform are built for a small test catalogue with `wakafleet image
 //! build`. Everything a test makes on the engine carries a label unique to the test and is
 //! swept by it when the test ends, passed or failed; databases and roles go with the
@@ -10,18 +15,25 @@ mod common;
 
 use std::{path::Path, process::Command};
 
+use sha2::{Digest, Sha256};
 use sqlx::Connection;
 
 use common::{
     docker::{IMAGE, Sweep, images, target},
+    jobs::{self, Cut, Jobs},
     postgres::Postgres,
 };
 use wakafleet::{
     backups,
-    driver::{self, Drift, Driver, Error, Options, Region, Role, Target, database_name},
+    driver::{self, Drift, Driver, Options, Region, Role, Target, database_name},
     load::{Content, Input, Limits},
     model::{ByteSize, Cpu},
-    plan, validate,
+    plan,
+    store::{
+        jobs::JobKind,
+        state::{InstanceRecord, InstanceStatus},
+    },
+    validate,
 };
 
 fn region(postgres: &Postgres, backups: &Path) -> Region {
@@ -195,16 +207,16 @@ fn exists(kind: &str, name: &str) -> bool {
         .is_ok_and(|output| output.status.success())
 }
 
-/// A driver on a new throwaway server, and what the test needs to keep alive beside it.
+/// A driver behind the jobs layer on a new throwaway server, and what the test needs to keep
+/// alive beside it.
 struct Setup {
-    driver: Driver,
+    jobs: Jobs,
     postgres: Postgres,
-    password: wakafleet::secret::Secret,
-    _backups: tempfile::TempDir,
+    backups: tempfile::TempDir,
     _sweep: Sweep,
 }
 
-fn setup() -> Setup {
+async fn setup() -> Setup {
     images();
     let sweep = Sweep::new();
     let postgres = Postgres::start();
@@ -212,26 +224,23 @@ fn setup() -> Setup {
     let driver =
         Driver::new(&region(&postgres, backups.path()), options(&sweep)).expect("a driver");
     Setup {
-        driver,
+        jobs: Jobs::new(driver, "ng-lagos").await,
         postgres,
-        password: driver::generate_password().expect("a password"),
-        _backups: backups,
+        backups,
         _sweep: sweep,
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_life_of_one_instance() {
-    let setup = setup();
-    let (driver, postgres, password) = (&setup.driver, &setup.postgres, &setup.password);
+    let setup = setup().await;
+    let (jobs, postgres) = (&setup.jobs, &setup.postgres);
+    let driver = jobs.driver();
     let v1 = target("life", "1.0.0");
 
     // Provision, and provision again (idempotent).
-    driver.provision(&v1, password).await.expect("provisioned");
-    driver
-        .provision(&v1, password)
-        .await
-        .expect("provisioned again");
+    jobs.provision(&v1).await.expect("provisioned");
+    jobs.provision(&v1).await.expect("provisioned again");
     for role in ["app", "worker"] {
         let name = format!("wakafleet-life-{role}");
         assert_eq!(docker_health(&name), "healthy", "{name}");
@@ -255,6 +264,11 @@ async fn the_whole_life_of_one_instance() {
         vec!["0000_base", "0001_items_index"]
     );
     assert!(driver.observe(&v1).await.expect("observed").is_empty());
+    let recorded = setup.recorded("life").await;
+    assert_eq!(
+        (recorded.status, recorded.version.as_deref()),
+        (InstanceStatus::Active, Some("1.0.0"))
+    );
     add_item(postgres, "life", "keep me").await;
 
     // Configure: a new environment replaces the containers.
@@ -262,10 +276,7 @@ async fn the_whole_life_of_one_instance() {
     configured
         .environment
         .insert("WEBWAKA_SSL".into(), "off".into());
-    driver
-        .configure(&configured, password)
-        .await
-        .expect("configured");
+    jobs.configure(&configured).await.expect("configured");
     assert_eq!(
         inspect(
             "wakafleet-life-app",
@@ -275,14 +286,17 @@ async fn the_whole_life_of_one_instance() {
     );
     assert!(inspect("wakafleet-life-app", "{{.Config.Env}}").contains("WEBWAKA_SSL=off"));
 
-    // Upgrade with a migration; the data stays.
+    // Upgrade with a migration, after a backup for it; the data stays.
     let mut v1_1 = target("life", "1.1.0");
     v1_1.environment = configured.environment.clone();
-    let backup = driver
-        .upgrade(&configured, &v1_1, password)
-        .await
-        .expect("upgraded");
-    assert!(backup.path.is_file() && backup.bytes > 0);
+    let upgraded = jobs.upgrade(&configured, &v1_1).await.expect("upgraded");
+    let backup = jobs.backup_of(&upgraded).await.expect("a backup");
+    assert!(
+        backups::is_for(&backup, backups::Purpose::Before(&v1_1.version)),
+        "{backup}"
+    );
+    let backup = setup.backup_path("life", &backup);
+    assert!(backup.is_file() && backup.metadata().expect("a file").len() > 0);
     assert_eq!(
         migrations(postgres, "life").await,
         vec!["0000_base", "0001_items_index", "0002_orders"]
@@ -292,17 +306,25 @@ async fn the_whole_life_of_one_instance() {
         format!("{IMAGE}:1.1.0")
     );
     assert_eq!(items(postgres, "life").await, vec!["keep me"]);
+    assert_eq!(
+        setup.recorded("life").await.version.as_deref(),
+        Some("1.1.0")
+    );
 
-    // A failed upgrade rolls back by itself, schema and data as they were.
+    // A failed upgrade rolls back, schema and data as they were, and says why.
     let mut broken = target("life", "1.2.0");
     broken.environment = configured.environment.clone();
-    let error = driver
-        .upgrade(&v1_1, &broken, password)
+    let error = jobs
+        .upgrade(&v1_1, &broken)
         .await
         .expect_err("1.2.0 is unhealthy");
-    assert!(matches!(error, Error::RolledBack { .. }), "{error}");
+    assert!(error.starts_with("dead: "), "{error}");
     assert!(
-        error.to_string().contains("rolled back to 1.1.0"),
+        error.contains("step `health` failed") && error.contains("is unhealthy"),
+        "{error}"
+    );
+    assert!(
+        error.ends_with("rolled back: containers, maintenance"),
         "{error}"
     );
     assert_eq!(
@@ -320,9 +342,15 @@ async fn the_whole_life_of_one_instance() {
         .smoke("life")
         .await
         .expect("maintenance is off again");
+    let recorded = setup.recorded("life").await;
+    assert_eq!(
+        (recorded.status, recorded.version.as_deref()),
+        (InstanceStatus::Failed, Some("1.1.0")),
+        "the store keeps the version that runs and says the upgrade failed"
+    );
 
     // Suspend keeps the data; resume brings it back.
-    driver.suspend("life").await.expect("suspended");
+    jobs.suspend("life").await.expect("suspended");
     assert_eq!(inspect("wakafleet-life-app", "{{.State.Running}}"), "false");
     assert_eq!(
         driver.observe(&v1_1).await.expect("observed"),
@@ -331,27 +359,35 @@ async fn the_whole_life_of_one_instance() {
             Drift::Stopped { role: Role::Worker }
         ]
     );
-    driver.resume(&v1_1, password).await.expect("resumed");
+    assert_eq!(
+        setup.recorded("life").await.status,
+        InstanceStatus::Suspended
+    );
+    jobs.resume(&v1_1).await.expect("resumed");
+    assert!(driver.observe(&v1_1).await.expect("observed").is_empty());
     assert_eq!(items(postgres, "life").await, vec!["keep me"]);
+    assert_eq!(setup.recorded("life").await.status, InstanceStatus::Active);
 
     // Backup, lose data, restore it.
-    let saved = driver.backup("life", "manual").await.expect("a backup");
+    let saved = jobs.backup("life", "manual").await.expect("a backup");
+    let saved = jobs.backup_of(&saved).await.expect("the backup's name");
+    assert_eq!(saved, "manual.dump");
+    let saved = setup.backup_path("life", &saved);
     let recorded =
-        std::fs::read_to_string(saved.path.with_extension("dump.sha256")).expect("a checksum");
-    assert!(recorded.starts_with(&saved.sha256));
+        std::fs::read_to_string(saved.with_extension("dump.sha256")).expect("a checksum");
+    let sha256 = hex::encode(Sha256::digest(std::fs::read(&saved).expect("the backup")));
+    assert!(recorded.starts_with(&sha256), "{recorded}");
     add_item(postgres, "life", "added after the backup").await;
-    driver
-        .restore(&v1_1, password, &saved.name)
-        .await
-        .expect("restored");
+    jobs.restore(&v1_1, "manual").await.expect("restored");
     assert_eq!(items(postgres, "life").await, vec!["keep me"]);
+    assert!(driver.observe(&v1_1).await.expect("observed").is_empty());
 
     // Scale in place: the same containers, new limits.
     let id_before = inspect("wakafleet-life-app", "{{.Id}}");
     let mut bigger = v1_1.clone();
     bigger.resources.cpu = Cpu::from_millicores(1_000);
     bigger.resources.memory = ByteSize::from_bytes(512 << 20);
-    driver.scale(&bigger).await.expect("scaled");
+    jobs.scale(&bigger).await.expect("scaled");
     assert_eq!(inspect("wakafleet-life-app", "{{.Id}}"), id_before);
     assert_eq!(
         inspect("wakafleet-life-app", "{{.HostConfig.NanoCpus}}"),
@@ -363,22 +399,20 @@ async fn the_whole_life_of_one_instance() {
     );
 
     // Terminate: a final backup, then nothing left.
-    let last = driver
-        .terminate("life")
-        .await
-        .expect("terminated")
-        .expect("a final backup");
-    assert!(last.path.is_file());
+    let terminated = jobs.terminate("life").await.expect("terminated");
+    let last = jobs.backup_of(&terminated).await.expect("a final backup");
+    let last = setup.backup_path("life", &last);
+    assert!(last.is_file());
     let promise = planned_reason(
-        setup._backups.path(),
+        setup.backups.path(),
         "life",
         "version = \"1.0.0\"\n",
         "version = \"1.0.0\"\nstate = \"terminated\"\n",
     );
     assert!(
-        kept_promise(&promise, &last.path),
+        kept_promise(&promise, &last),
         "the plan said: {promise}\nthe driver wrote {}",
-        last.path.display()
+        last.display()
     );
     for role in ["app", "worker"] {
         assert!(!exists("container", &format!("wakafleet-life-{role}")));
@@ -389,19 +423,22 @@ async fn the_whole_life_of_one_instance() {
         0,
         "the database and the role are gone"
     );
-    assert!(
-        driver
-            .terminate("life")
-            .await
-            .expect("terminated again")
-            .is_none()
+    assert_eq!(
+        setup.recorded("life").await.status,
+        InstanceStatus::Terminated
+    );
+    let again = jobs.terminate("life").await.expect("terminated again");
+    assert_eq!(
+        jobs.backup_of(&again).await,
+        None,
+        "nothing left to back up"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primitives_check_before_they_act_and_take_an_instance_apart() {
-    let setup = setup();
-    let (driver, postgres) = (&setup.driver, &setup.postgres);
+    let setup = setup().await;
+    let (driver, postgres) = (setup.jobs.driver(), &setup.postgres);
     let v1 = setup.instance("parts", "1.0.0").await;
     let v1_1 = target("parts", "1.1.0");
     assert!(driver.runs("parts", &v1).await.expect("read"));
@@ -472,8 +509,8 @@ async fn the_primitives_check_before_they_act_and_take_an_instance_apart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_instance_cannot_reach_another_instances_database() {
-    let setup = setup();
-    let (driver, postgres) = (&setup.driver, &setup.postgres);
+    let setup = setup().await;
+    let (driver, postgres) = (setup.jobs.driver(), &setup.postgres);
     let (password_a, password_b) = (
         driver::generate_password().expect("a password"),
         driver::generate_password().expect("a password"),
@@ -515,13 +552,10 @@ async fn one_instance_cannot_reach_another_instances_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_made_by_hand_is_observed_and_repaired() {
-    let setup = setup();
-    let (driver, password) = (&setup.driver, &setup.password);
+    let setup = setup().await;
+    let (jobs, driver) = (&setup.jobs, setup.jobs.driver());
     let target = target("drift", "1.0.0");
-    driver
-        .provision(&target, password)
-        .await
-        .expect("provisioned");
+    jobs.provision(&target).await.expect("provisioned");
 
     let docker = |args: &[&str]| {
         assert!(
@@ -557,7 +591,7 @@ async fn drift_made_by_hand_is_observed_and_repaired() {
     );
 
     // Provisioning again repairs what was changed by hand.
-    driver.provision(&target, password).await.expect("repaired");
+    jobs.provision(&target).await.expect("repaired");
     assert!(driver.observe(&target).await.expect("observed").is_empty());
     assert!(
         driver
@@ -577,20 +611,23 @@ async fn unreachable_parts_are_named_and_nothing_is_left_half_made() {
     let sweep = Sweep::new();
     let postgres = Postgres::start();
     let backups = tempfile::tempdir().expect("a temporary folder");
-    let password = driver::generate_password().expect("a password");
 
     // No Docker engine at the endpoint: nothing is made on the server.
     let mut no_engine = region(&postgres, backups.path());
     no_engine.docker = "tcp://127.0.0.1:9".into();
     let driver = Driver::new(&no_engine, options(&sweep)).expect("a driver");
-    let error = driver
-        .provision(&target("faulty", "1.0.0"), &password)
+    let jobs = Jobs::new(driver, "ng-lagos").await;
+    let error = jobs
+        .provision(&target("faulty", "1.0.0"))
         .await
-        .expect_err("no engine")
-        .to_string();
+        .expect_err("no engine");
     assert!(
-        error.contains("ng-lagos") && error.contains("127.0.0.1:9"),
+        error.starts_with("dead: ") && error.contains("ng-lagos") && error.contains("127.0.0.1:9"),
         "{error}"
+    );
+    assert!(
+        !error.contains("rolled back"),
+        "nothing was made to undo: {error}"
     );
     let mut admin = sqlx::PgConnection::connect(&postgres.admin_url("postgres"))
         .await
@@ -610,14 +647,18 @@ async fn unreachable_parts_are_named_and_nothing_is_left_half_made() {
     )
     .into();
     let driver = Driver::new(&no_server, options(&sweep)).expect("a driver");
-    let error = driver
-        .provision(&target("faulty", "1.0.0"), &password)
+    let jobs = Jobs::new(driver, "ng-lagos").await;
+    let error = jobs
+        .provision(&target("faulty", "1.0.0"))
         .await
-        .expect_err("no server")
-        .to_string();
+        .expect_err("no server");
     assert!(
-        error.contains("ng-lagos") && error.contains("127.0.0.1:9"),
+        error.starts_with("dead: ") && error.contains("ng-lagos") && error.contains("127.0.0.1:9"),
         "{error}"
+    );
+    assert!(
+        !error.contains("rolled back"),
+        "nothing was made to undo: {error}"
     );
     assert!(!error.contains(common::postgres::PASSWORD), "{error}");
     assert!(!exists("network", "wakafleet-faulty") && !exists("volume", "wakafleet-faulty-data"));
@@ -625,9 +666,10 @@ async fn unreachable_parts_are_named_and_nothing_is_left_half_made() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provision_cut_off_at_any_step_is_finished_by_the_next() {
-    let setup = setup();
-    let (driver, postgres, password) = (&setup.driver, &setup.postgres, &setup.password);
+    let setup = setup().await;
+    let (jobs, driver, postgres) = (&setup.jobs, setup.jobs.driver(), &setup.postgres);
     let target = target("resumed", "1.0.0");
+    let password = &jobs.password("resumed").await;
 
     // Cut off after the database: nothing runs yet.
     driver.allocate("resumed").await.expect("allocated");
@@ -647,8 +689,7 @@ async fn a_provision_cut_off_at_any_step_is_finished_by_the_next() {
     docker(&["rm", "-f", "wakafleet-resumed-worker"]);
     docker(&["stop", "wakafleet-resumed-app"]);
 
-    driver
-        .provision(&target, password)
+    jobs.provision(&target)
         .await
         .expect("the next provision finishes");
     assert!(driver.observe(&target).await.expect("observed").is_empty());
@@ -710,59 +751,81 @@ impl Setup {
     /// Provisions `instance` at `version` with one item.
     async fn instance(&self, instance: &str, version: &str) -> Target {
         let target = target(instance, version);
-        self.driver
-            .provision(&target, &self.password)
+        self.jobs
+            .provision(&target)
             .await
             .unwrap_or_else(|error| panic!("provision {instance}: {error}"));
         add_item(&self.postgres, instance, "keep me").await;
         target
     }
 
+    /// The instance as the store records it.
+    async fn recorded(&self, instance: &str) -> InstanceRecord {
+        self.jobs
+            .store
+            .instance(instance)
+            .await
+            .expect("a read")
+            .unwrap_or_else(|| panic!("`{instance}` is recorded"))
+    }
+
+    /// Where the instance's backup `name` is.
+    fn backup_path(&self, instance: &str, name: &str) -> std::path::PathBuf {
+        backups::folder(self.backups.path(), instance).join(name)
+    }
+
+    /// The instance's backups whose names say they were taken before `version`.
+    fn backups_before(&self, instance: &str, version: &str) -> Vec<std::path::PathBuf> {
+        walk(&backups::folder(self.backups.path(), instance))
+            .into_iter()
+            .filter(|path| {
+                path.to_string_lossy()
+                    .ends_with(&format!("-before-{version}.dump"))
+            })
+            .collect()
+    }
+
     /// Leaves the instance as an upgrade to `to` cut off after its containers changed: a
     /// backup labelled as taken before it at `time`, maintenance on, `to` running and
     /// migrated. Returns the backup.
     async fn cut_off_upgrade(&self, to: &Target, time: &str) -> driver::database::Backup {
-        let instance = &to.instance;
-        let backup = self
-            .driver
+        let (driver, instance) = (self.jobs.driver(), &to.instance);
+        let backup = driver
             .backup(instance, &format!("{time}-before-{}", to.version))
             .await
             .expect("a backup");
-        self.driver
+        driver
             .server
             .set_maintenance(&database_name(instance), true)
             .await
             .expect("maintenance");
-        self.driver
-            .containers(to, &self.password)
+        driver
+            .containers(to, &self.jobs.password(instance).await)
             .await
             .expect("containers");
-        self.driver.migrations(to).await.expect("migrated");
+        driver.migrations(to).await.expect("migrated");
         backup
     }
 
-    /// Upgrades `from` to `to`, cut off after `cut_ms`, then runs the whole upgrade again.
-    async fn cut_and_upgrade(
-        &self,
-        from: &Target,
-        to: &Target,
-        cut_ms: u64,
-    ) -> Result<driver::database::Backup, Error> {
-        let cut = std::time::Duration::from_millis(cut_ms);
-        let _ = tokio::time::timeout(cut, self.driver.upgrade(from, to, &self.password)).await;
-        self.driver.upgrade(from, to, &self.password).await
+    /// Upgrades `from` to `to` as a job whose worker is cut off at `cut`, and which the next
+    /// worker takes over and runs to its end.
+    async fn cut_and_upgrade(&self, from: &Target, to: &Target, cut: Cut) -> Result<(), String> {
+        self.jobs
+            .cut_off(JobKind::Upgrade, &to.instance, jobs::change(from, to), cut)
+            .await
+            .map(drop)
     }
 
     /// The instance runs `target`'s image, healthy, with its migrations and the item, and
     /// maintenance is off; `when` says where the test is.
     async fn assert_at(&self, target: &Target, when: &str) {
-        let instance = &target.instance;
-        let drift = self.driver.observe(target).await.expect("observed");
+        let (driver, instance) = (self.jobs.driver(), &target.instance);
+        let drift = driver.observe(target).await.expect("observed");
         assert!(drift.is_empty(), "{when}: {drift:?}");
-        if let Err(error) = self.driver.health(instance).await {
+        if let Err(error) = driver.health(instance).await {
             panic!("{when}: not healthy: {error}");
         }
-        if let Err(error) = self.driver.smoke(instance).await {
+        if let Err(error) = driver.smoke(instance).await {
             panic!("{when}: the smoke test failed (maintenance on?): {error}");
         }
         let mut expected = vec!["0000_base".to_string()];
@@ -782,7 +845,7 @@ impl Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_whose_migration_fails_rolls_back() {
-    let setup = setup();
+    let setup = setup().await;
     let v1 = setup.instance("blocked", "1.0.0").await;
     // A table in the way of 1.1.0's migration: its containers exit before they answer.
     let mut connection = instance_db(&setup.postgres, "blocked").await;
@@ -791,25 +854,26 @@ async fn an_upgrade_whose_migration_fails_rolls_back() {
         .await
         .expect("create a table");
     let error = setup
-        .driver
-        .upgrade(&v1, &target("blocked", "1.1.0"), &setup.password)
+        .jobs
+        .upgrade(&v1, &target("blocked", "1.1.0"))
         .await
         .expect_err("the migration fails");
-    let Error::RolledBack { cause, .. } = &error else {
-        panic!("not rolled back: {error}");
-    };
+    assert!(error.starts_with("dead: "), "{error}");
     assert!(
-        matches!(&**cause, Error::Step { step, .. } if step == "migrations"),
-        "{cause}"
+        error.contains("step `migrations` failed") && error.contains("already exists"),
+        "{error}"
     );
-    assert!(cause.to_string().contains("already exists"), "{cause}");
+    assert!(
+        error.ends_with("rolled back: containers, maintenance"),
+        "{error}"
+    );
     setup.assert_at(&v1, "rolled back").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_cut_off_after_its_containers_changed_resumes_from_its_backup() {
-    let setup = setup();
-    let (driver, password) = (&setup.driver, &setup.password);
+    let setup = setup().await;
+    let (jobs, driver) = (&setup.jobs, setup.jobs.driver());
     let v1 = setup.instance("cut", "1.0.0").await;
     let v1_1 = target("cut", "1.1.0");
 
@@ -825,15 +889,16 @@ async fn an_upgrade_cut_off_after_its_containers_changed_resumes_from_its_backup
         .await
         .expect("maintenance");
     driver
-        .container(&v1_1, Role::Worker, password)
+        .container(&v1_1, Role::Worker, &jobs.password("cut").await)
         .await
         .expect("the worker");
     driver.migrations(&v1_1).await.expect("migrated");
-    let resumed = driver
-        .upgrade(&v1, &v1_1, password)
+    let resumed = jobs
+        .upgrade(&v1, &v1_1)
         .await
         .expect("the upgrade finishes");
-    assert_eq!(resumed.name, before.name);
+    assert_eq!(jobs.backup_of(&resumed).await, Some(before.name.clone()));
+    assert_eq!(setup.backups_before("cut", "1.1.0"), [before.path]);
     setup.assert_at(&v1_1, "upgrade resumed").await;
 
     // Cut off in the middle of a rollback from the broken 1.2.0: its migration applied, its
@@ -844,80 +909,107 @@ async fn an_upgrade_cut_off_after_its_containers_changed_resumes_from_its_backup
         .cut_off_upgrade(&broken, "20260102T000000.000000Z")
         .await;
     driver.suspend("cut").await.expect("suspended");
-    let error = driver
-        .upgrade(&v1_1, &broken, password)
+    let error = jobs
+        .upgrade(&v1_1, &broken)
         .await
         .expect_err("1.2.0 is unhealthy");
-    match &error {
-        Error::RolledBack { backup, .. } => assert_eq!(*backup, before.name),
-        _ => panic!("not rolled back: {error}"),
-    }
+    assert!(
+        error.starts_with("dead: ") && error.ends_with("rolled back: containers, maintenance"),
+        "{error}"
+    );
+    let failed = jobs.latest("cut").await;
+    assert_eq!(jobs.backup_of(&failed).await, Some(before.name.clone()));
+    assert_eq!(setup.backups_before("cut", "1.2.0"), [before.path]);
     setup.assert_at(&v1_1, "rollback resumed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_cut_off_at_any_moment_ends_upgraded_or_rolled_back_by_the_next_run() {
-    let setup = setup();
-    // Cuts spread over the upgrade (backup, containers, migrations, health) and, for the
-    // broken release, over its rollback (which starts once it has been unhealthy for 3 s).
-    for (n, cut_ms) in [50_u64, 300, 700, 1_200].into_iter().enumerate() {
+    let setup = setup().await;
+    let cut = |step, ms| Cut {
+        step,
+        after: std::time::Duration::from_millis(ms),
+    };
+    // Cuts spread over the upgrade: the backup, the containers as they are replaced, the
+    // wait for migrations, health.
+    for (n, at) in [
+        cut("backup", 10),
+        cut("containers", 0),
+        cut("containers", 300),
+        cut("migrations", 0),
+        cut("health", 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let instance = format!("up-{n}");
         let from = setup.instance(&instance, "1.0.0").await;
         let to = target(&instance, "1.1.0");
-        if let Err(error) = setup.cut_and_upgrade(&from, &to, cut_ms).await {
-            panic!("cut at {cut_ms} ms: {error}");
+        if let Err(error) = setup.cut_and_upgrade(&from, &to, at).await {
+            panic!("cut at {at:?}: {error}");
         }
         setup
-            .assert_at(&to, &format!("upgrade cut at {cut_ms} ms"))
+            .assert_at(&to, &format!("upgrade cut at {at:?}"))
             .await;
     }
-    for (n, cut_ms) in [600_u64, 3_300, 3_900].into_iter().enumerate() {
+    // And for the broken release, over its failing health check and its rollback: the old
+    // containers on the restored backup, and maintenance turned off.
+    for (n, at) in [
+        cut("health", 1_000),
+        cut("rollback.containers", 0),
+        cut("rollback.containers", 400),
+        cut("rollback.maintenance", 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let instance = format!("down-{n}");
         let from = setup.instance(&instance, "1.1.0").await;
         let to = target(&instance, "1.2.0");
         let error = setup
-            .cut_and_upgrade(&from, &to, cut_ms)
+            .cut_and_upgrade(&from, &to, at)
             .await
             .expect_err("1.2.0 is unhealthy");
         assert!(
-            matches!(error, Error::RolledBack { .. }),
-            "cut at {cut_ms} ms: {error}"
+            error.starts_with("dead: ")
+                && error.contains("is unhealthy")
+                && error.ends_with("rolled back: containers, maintenance"),
+            "cut at {at:?}: {error}"
         );
         setup
-            .assert_at(&from, &format!("rollback cut at {cut_ms} ms"))
+            .assert_at(&from, &format!("rollback cut at {at:?}"))
             .await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_downgrade_restores_the_backup_the_plan_names() {
-    let setup = setup();
-    let (driver, postgres, password) = (&setup.driver, &setup.postgres, &setup.password);
+    let setup = setup().await;
+    let (jobs, postgres) = (&setup.jobs, &setup.postgres);
     let v1 = setup.instance("down", "1.0.0").await;
     let v1_1 = target("down", "1.1.0");
-    driver
-        .upgrade(&v1, &v1_1, password)
-        .await
-        .expect("upgraded");
+    jobs.upgrade(&v1, &v1_1).await.expect("upgraded");
     add_item(postgres, "down", "written at 1.1.0").await;
 
     let promise = planned_reason(
-        setup._backups.path(),
+        setup.backups.path(),
         "down",
         "version = \"1.1.0\"\n",
         "version = \"1.0.0\"\nallow_downgrade = true\n",
     );
-    let restored = driver
-        .downgrade(&v1_1, &v1, password)
+    let downgraded = jobs.downgrade(&v1_1, &v1).await.expect("downgraded");
+    let located = jobs
+        .output(&downgraded, "locate-backup")
         .await
-        .expect("downgraded");
+        .expect("the backup it restores");
+    let restored = setup.backup_path("down", located["restore"].as_str().expect("a name"));
     assert!(
-        kept_promise(&promise, &restored.path),
+        kept_promise(&promise, &restored),
         "the plan said: {promise}\nthe driver restored {}",
-        restored.path.display()
+        restored.display()
     );
     // The data as it was before the downgrade is kept where the plan said.
-    let kept: Vec<_> = std::fs::read_dir(restored.path.parent().expect("a folder"))
+    let kept: Vec<_> = std::fs::read_dir(restored.parent().expect("a folder"))
         .expect("the backups folder")
         .map(|entry| entry.expect("an entry").path())
         .filter(|path| {
@@ -935,48 +1027,63 @@ async fn a_downgrade_restores_the_backup_the_plan_names() {
 
     // Without a backup from before an upgrade there is nothing to restore: nothing changes.
     let fresh = setup.instance("fresh", "1.1.0").await;
-    let error = driver
-        .downgrade(&fresh, &target("fresh", "1.0.0"), password)
+    let error = jobs
+        .downgrade(&fresh, &target("fresh", "1.0.0"))
         .await
         .expect_err("no backup to restore");
-    assert!(error.to_string().contains("holds none"), "{error}");
+    assert!(
+        error.starts_with("failed: ")
+            && error.contains("there is none")
+            && error.contains("nothing was changed"),
+        "{error}"
+    );
+    assert!(!error.contains("rolled back"), "{error}");
     setup.assert_at(&fresh, "a downgrade refused").await;
+    assert!(
+        walk(&backups::folder(setup.backups.path(), "fresh")).is_empty(),
+        "a refused downgrade takes no backup"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_upgrade_with_an_unreadable_backups_folder_fails_without_a_new_backup() {
-    let setup = setup();
-    let (driver, password) = (&setup.driver, &setup.password);
+    let setup = setup().await;
+    let (jobs, driver) = (&setup.jobs, setup.jobs.driver());
     let v1 = setup.instance("blind", "1.0.0").await;
     let v1_1 = target("blind", "1.1.0");
     // Cut off after the worker was replaced: the database may be half-migrated, so only the
     // backup taken before may be used, and the folder that holds it cannot be read.
     driver
-        .container(&v1_1, Role::Worker, password)
+        .container(&v1_1, Role::Worker, &jobs.password("blind").await)
         .await
         .expect("the worker");
-    let folder = setup._backups.path().join("blind");
+    let folder = setup.backups.path().join("blind");
     let _ = std::fs::remove_dir_all(&folder);
     std::fs::write(&folder, "not a folder").expect("a file in the folder's place");
-    let error = driver
-        .upgrade(&v1, &v1_1, password)
+    let error = jobs
+        .upgrade(&v1, &v1_1)
         .await
         .expect_err("the backups folder cannot be read");
     assert!(
-        error.to_string().contains("cannot read the backups folder"),
+        error.starts_with("dead: ") && error.contains("cannot read the backups folder"),
         "{error}"
     );
-    let dumps: Vec<_> = walk(setup._backups.path())
+    let dumps: Vec<_> = walk(setup.backups.path())
         .into_iter()
         .filter(|path| path.to_string_lossy().contains(".dump"))
         .collect();
     assert!(dumps.is_empty(), "no backup was taken: {dumps:?}");
 }
 
-/// Every file under `folder`.
+/// Every file under `folder`; none when there is no such folder.
 fn walk(folder: &Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(folder).expect("a folder").flatten() {
+    let entries = match std::fs::read_dir(folder) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return files,
+        Err(error) => panic!("{}: {error}", folder.display()),
+    };
+    for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
             files.extend(walk(&path));

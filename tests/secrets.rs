@@ -2,7 +2,8 @@
 //! administrator URL, an instance's password, an `env:` secret and the audit signing key,
 //! each a marker, with `WAKAFLEET_LOG=trace` and a PostgreSQL server that logs every
 //! statement; no marker may appear in stdout, stderr, the log events, the errors, `Debug`
-//! output, the plan, the audit rows or the server's log.
+//! output, the plan, the audit rows, the jobs' store (its file and its audit log) or the
+//! server's log.
 //!
 //! This is the only test of its binary: it sets environment variables for itself and the
 //! commands it starts.
@@ -17,15 +18,16 @@ use std::{
 
 use common::{
     docker::{Sweep, images, target},
+    jobs::Jobs,
     minimal_fleet,
     postgres::Postgres,
     wakafleet,
 };
 use sqlx::Connection;
 use wakafleet::{
-    driver::{self, Driver, Options, Region, database::scram_verifier},
+    driver::{Driver, Options, Region, database::scram_verifier},
     secret::Secret,
-    store::{checkpoint, secrets::SecretKey},
+    store::checkpoint,
 };
 
 /// The administrator's password: with `/` and `@`, which a URL must escape and a careless
@@ -275,9 +277,10 @@ async fn no_secret_is_printed_logged_planned_audited_or_sent_in_clear() {
         std::fs::read_to_string(checkpoints).expect("the checkpoints"),
     );
 
-    // The driver: an instance with an `env:` secret, provisioned (its role made), provisioned
-    // again (its role's password set again), upgraded to a release that fails and rolls
-    // back, and terminated (pg_dump); and a region whose administrator password is wrong.
+    // The driver through the jobs layer: an instance with an `env:` secret, provisioned (its
+    // role made), provisioned again (its role's password set again), upgraded to a release
+    // that fails and rolls back, and terminated (pg_dump); and a region whose administrator
+    // password is wrong. The jobs keep their steps, errors and audit in a SQLite store.
     let backups = tempfile::tempdir().expect("a temporary folder");
     let region = Region {
         name: "ng-lagos".into(),
@@ -291,54 +294,64 @@ async fn no_secret_is_printed_logged_planned_audited_or_sent_in_clear() {
         labels: sweep.labels(),
         ..Options::default()
     };
-    let driver = Driver::new(&region, options.clone()).expect("a driver");
-    let store_folder = tempfile::tempdir().expect("a temporary folder");
-    let local = wakafleet::store::Store::open(
-        &format!(
-            "sqlite://{}",
-            store_folder.path().join("state.db").display()
-        )
-        .into(),
-        wakafleet::store::Options::default(),
+    let jobs = Jobs::new(
+        Driver::new(&region, options.clone()).expect("a driver"),
+        "ng-lagos",
     )
-    .await
-    .expect("a store");
-    let key = SecretKey::from_bytes(&[7; 32]);
-    let password = driver::database_password(&local, &key, "sec")
-        .await
-        .expect("a password");
+    .await;
     let mut v1 = target("sec", "1.0.0");
     v1.secrets = BTreeMap::from([("API_KEY".into(), format!("env:{ENV_VARIABLE}"))]);
     let mut broken = target("sec", "1.2.0");
     broken.secrets = v1.secrets.clone();
-    driver.provision(&v1, &password).await.expect("provisioned");
-    driver
-        .provision(&v1, &password)
-        .await
-        .expect("provisioned again");
-    let error = driver
-        .upgrade(&v1, &broken, &password)
+    jobs.provision(&v1).await.expect("provisioned");
+    jobs.provision(&v1).await.expect("provisioned again");
+    // Read before terminate forgets it.
+    let password = jobs.password("sec").await;
+    let error = jobs
+        .upgrade(&v1, &broken)
         .await
         .expect_err("1.2.0 is unhealthy");
-    seen.add("a failed upgrade's error", format!("{error} {error:?}"));
-    driver.terminate("sec").await.expect("terminated");
+    assert!(error.contains("rolled back"), "{error}");
+    seen.add("a failed upgrade's error", error);
+    let failed = jobs.latest("sec").await;
+    seen.add("the failed upgrade's job", format!("{failed:?}"));
+    let steps = jobs.store.steps(&failed.id).await.expect("the steps");
+    seen.add("the failed upgrade's steps", format!("{steps:?}"));
+    jobs.terminate("sec").await.expect("terminated");
     let wrong = Region {
         database: Secret::new(format!(
             "postgres://wf_admin:wrong-{ADMIN_MARKER}@127.0.0.1:{port}/postgres"
         )),
         ..region.clone()
     };
-    let error = Driver::new(&wrong, options)
-        .expect("a driver")
-        .provision(&v1, &password)
-        .await
-        .expect_err("a wrong password");
-    seen.add("a refused login's error", format!("{error} {error:?}"));
-    seen.add("Debug of the driver", format!("{driver:?}"));
+    let refused = Jobs::new(Driver::new(&wrong, options).expect("a driver"), "ng-lagos").await;
+    let error = refused.provision(&v1).await.expect_err("a wrong password");
+    assert!(error.contains("password authentication failed"), "{error}");
+    seen.add("a refused login's error", error);
+    seen.add("Debug of the driver", format!("{:?}", jobs.driver()));
     seen.add("Debug of the region", format!("{region:?}"));
     seen.add("Debug of the password", format!("{password:?} {password}"));
     seen.add("Debug of the target", format!("{v1:?}"));
-    local.close().await;
+    for (what, jobs) in [("the jobs'", &jobs), ("the refused jobs'", &refused)] {
+        let audit = jobs.audit().await;
+        assert!(
+            audit
+                .iter()
+                .any(|record| record.contains("instance.provision.step.")),
+            "{what} steps are audited: {audit:?}"
+        );
+        seen.add(&format!("{what} audit log"), audit.join("\n"));
+        jobs.store.close().await;
+        // What the store keeps is in its file, or in its write-ahead log until a checkpoint.
+        let mut bytes = std::fs::read(jobs.store_file()).expect("the store's file");
+        bytes.extend(std::fs::read(jobs.store_file().with_extension("db-wal")).unwrap_or_default());
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains("instance.provision.step.validate"),
+            "{what} store file holds the jobs' records"
+        );
+        seen.add(&format!("{what} store file"), text);
+    }
 
     // The audit rows, the log events and the server's log.
     let mut connection = sqlx::PgConnection::connect(&postgres.admin_url("fleet_store"))

@@ -1,5 +1,6 @@
-//! Provisioning benchmark: 20 instances provisioned by the driver serially and four at a
-//! time, against the floor of creating and starting the same containers and creating the
+//! Provisioning benchmark: 20 instances provisioned by provision jobs serially and four at a
+//! time (each job claimed and run by a `Runner` with the lifecycle executor on a SQLite store,
+//! its steps recorded and audited, as a worker runs it), against the floor of creating and starting the same containers and creating the
 //! databases directly (also serially and four at a time), in one run, on one Docker engine and
 //! one PostgreSQL server. A second floor also creates a network per instance and attaches the
 //! containers to it, as the driver must. Each phase reports how many of the machine's cores
@@ -10,6 +11,9 @@
 #[path = "../common/measure.rs"]
 #[allow(dead_code, reason = "this benchmark uses only part of the helpers")]
 mod measure;
+#[path = "../../tests/common/jobs.rs"]
+#[allow(dead_code, reason = "this benchmark runs only provision jobs")]
+mod jobs;
 #[path = "../../tests/common/postgres.rs"]
 mod postgres;
 
@@ -29,10 +33,12 @@ use bollard::{
 use futures_util::StreamExt;
 use semver::Version;
 
+use jobs::Jobs;
 use postgres::Postgres;
 use wakafleet::{
     driver::{self, Driver, Options, Region, Target, database_name},
     model::{ByteSize, Cpu, Resources},
+    store::jobs::JobKind,
 };
 
 const IMAGE: &str = "wakafleet-bench/demo-platform:1.0.0";
@@ -248,19 +254,20 @@ fn cores_busy(before: (u64, u64), after: (u64, u64), cores: f64) -> f64 {
     (after.0 - before.0) as f64 / total * cores
 }
 
-async fn provision_all(driver: &Driver, names: &[String], concurrency: usize) {
-    let password = driver::generate_password().expect("a password");
-    let password = &password;
-    futures_util::stream::iter(names)
-        .map(|name| async move {
-            driver
-                .provision(&target(name), password)
-                .await
-                .unwrap_or_else(|error| panic!("provision {name}: {error}"));
-        })
-        .buffer_unordered(concurrency)
-        .collect::<Vec<()>>()
+/// Provision jobs for `names`, run by `concurrency` workers at once.
+async fn provision_all(jobs: &Jobs, names: &[String], concurrency: usize) {
+    let payloads = names
+        .iter()
+        .map(|name| (name.clone(), jobs::payload(&target(name))))
+        .collect();
+    let ended = jobs
+        .run_all(JobKind::Provision, payloads, concurrency)
         .await;
+    for (name, ended) in names.iter().zip(ended) {
+        if let Err(error) = ended {
+            panic!("provision {name}: {error}");
+        }
+    }
 }
 
 fn main() {
@@ -320,10 +327,11 @@ fn main() {
             Vec::new(),
             Vec::new(),
         ),
-        ("driver.provision, one at a time", Vec::new(), Vec::new()),
-        ("driver.provision, four at a time", Vec::new(), Vec::new()),
+        ("provision jobs, one at a time", Vec::new(), Vec::new()),
+        ("provision jobs, four at a time", Vec::new(), Vec::new()),
     ];
     runtime.block_on(async {
+        let jobs = Jobs::new(driver, &region.name).await;
         let admin = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
             .connect(&postgres.admin_url("postgres"))
@@ -354,7 +362,7 @@ fn main() {
                     )
                     .await;
                 } else {
-                    provision_all(&driver, &names, concurrency).await;
+                    provision_all(&jobs, &names, concurrency).await;
                 }
                 let time = start.elapsed();
                 let used = cores_busy(before, cpu_ticks(), cores);
@@ -385,7 +393,7 @@ fn main() {
     }
     let per = |median: f64| median / count as f64;
     println!(
-        "\nper instance: floor {:.0} ms (four at a time {:.0} ms), with networks {:.0} ms ({:.0} ms), driver serial {:.0} ms, four at a time {:.0} ms",
+        "\nper instance: floor {:.0} ms (four at a time {:.0} ms), with networks {:.0} ms ({:.0} ms), jobs serial {:.0} ms, four at a time {:.0} ms",
         per(medians[0]),
         per(medians[1]),
         per(medians[2]),

@@ -13,6 +13,7 @@ use bollard::{
     query_parameters::{
         CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
         RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+        WaitContainerOptionsBuilder,
     },
 };
 use futures_util::StreamExt;
@@ -288,8 +289,28 @@ impl Engine {
         match self.docker.remove_container(name, Some(options)).await {
             Ok(()) => Ok(()),
             Err(error) if is_not_found(&error) => Ok(()),
+            // A caller cut off while it removed the container left the engine removing it:
+            // it is removed once it is gone.
+            Err(error) if is_removal_in_progress(&error) => self.wait_removed(name).await,
             Err(error) => Err(self.error(error)),
         }
+    }
+
+    /// Waits until the container `name` no longer exists.
+    async fn wait_removed(&self, name: &str) -> Result<(), Error> {
+        let options = WaitContainerOptionsBuilder::default()
+            .condition("removed")
+            .build();
+        let mut waits = self.docker.wait_container(name, Some(options));
+        while let Some(wait) = waits.next().await {
+            match wait {
+                // bollard reports the removed container's non-zero exit code as an error.
+                Ok(_) | Err(bollard::errors::Error::DockerContainerWaitError { .. }) => {}
+                Err(error) if is_not_found(&error) => {}
+                Err(error) => return Err(self.error(error)),
+            }
+        }
+        Ok(())
     }
 
     /// Changes a running container's CPU and memory limits in place.
@@ -433,6 +454,16 @@ fn is_not_found(error: &bollard::errors::Error) -> bool {
             status_code: 404,
             ..
         }
+    )
+}
+
+fn is_removal_in_progress(error: &bollard::errors::Error) -> bool {
+    matches!(
+        error,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } if message.contains("already in progress")
     )
 }
 

@@ -13,13 +13,13 @@
 //! The module holds the driver itself (`Driver`, its `Region` and `Options`, `Error`) and the
 //! names of an instance's parts; `target` what an instance should be (`Target`, `Role`, the
 //! label keys); `steps` the primitives; `observe` the `Drift` between an instance and its
-//! target; `operations` the lifecycle operations made of the primitives (provision, upgrade,
-//! downgrade, terminate and the rest). `engine` and `database` are the engine and the server,
-//! `http` the client the health and smoke checks use, `template` the containers' environment.
+//! target. `engine` and `database` are the engine and the server, `http` the client the
+//! health and smoke checks use, `template` the containers' environment.
 //!
-//! It deliberately does not own workflows: the order of steps, their retries and their
-//! compensations belong to `jobs`, which is taking the lifecycle operations over from
-//! `operations`.
+//! It offers primitives only and deliberately owns no workflow: the lifecycle operations
+//! (provision, upgrade, downgrade, terminate and the rest) are workflows of the primitives in
+//! `jobs::lifecycle`, where the order of the steps, their retries and their compensations
+//! (an upgrade's rollback onto the backup it took) belong.
 //!
 //! Independent parts of a step run at once (the network beside the database, the app beside
 //! the worker); the benchmark in `benches/driver` measures what that buys.
@@ -34,7 +34,6 @@ pub mod http;
 pub mod template;
 
 mod observe;
-mod operations;
 mod steps;
 mod target;
 
@@ -44,7 +43,6 @@ use std::{
     time::Duration,
 };
 
-use semver::Version;
 use sha2::{Digest, Sha256};
 
 use crate::{backups, secret::Secret};
@@ -55,7 +53,7 @@ pub use observe::Drift;
 use target::nano_cpus;
 pub use target::{Role, Target, labels};
 
-/// Why an operation failed. Each names the region and, for an unreachable part, its
+/// Why a primitive failed. Each names the region and, for an unreachable part, its
 /// endpoint (never a password).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -75,15 +73,6 @@ pub enum Error {
     },
     #[error("step `{step}` failed: {reason}")]
     Step { step: String, reason: String },
-    #[error(
-        "the upgrade to {to} failed ({cause}); the instance was rolled back to {from} and its database restored from {backup}"
-    )]
-    RolledBack {
-        from: Version,
-        to: Version,
-        backup: String,
-        cause: Box<Error>,
-    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -174,7 +163,7 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// A driver for `region`; nothing is contacted until an operation runs.
+    /// A driver for `region`; nothing is contacted until a primitive runs.
     pub fn new(region: &Region, options: Options) -> Result<Driver, Error> {
         let admin = ServerUrl::parse(region.database.expose()).map_err(|reason| {
             Error::Invalid(format!(

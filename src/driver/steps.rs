@@ -4,7 +4,7 @@
 //! runbooks: validate, allocate, database, containers, migrations, health, smoke test.
 //!
 //! No primitive decides what comes next: the order of the steps, their retries and their
-//! compensations belong to the caller (`jobs`, and `operations` until it moves there).
+//! compensations belong to the caller, the workflows of `jobs::lifecycle`.
 
 use std::time::Duration;
 

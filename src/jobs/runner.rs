@@ -184,11 +184,15 @@ impl Runner {
             .get(&rollback)
             .is_some_and(|step| step.status == StepStatus::Running)
         {
-            // An earlier attempt was rolling back when it stopped: finish that first.
-            let cause = job
-                .error
-                .clone()
-                .or_else(|| run.recorded.values().find_map(|step| step.error.clone()))
+            // An earlier attempt was rolling back when it stopped: finish that first. The
+            // cause is the step that failed; the job's error says by now only that its
+            // worker stopped renewing the lease.
+            let cause = run
+                .recorded
+                .values()
+                .filter(|step| step.status == StepStatus::Failed)
+                .find_map(|step| step.error.clone())
+                .or_else(|| job.error.clone())
                 .unwrap_or_else(|| "an earlier attempt failed".to_string());
             let error = StepError::Failed(cause);
             let last = run.workflow.len().saturating_sub(1);

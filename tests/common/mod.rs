@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses part of the helpers")]
 
 pub mod docker;
+pub mod jobs;
 pub mod postgres;
 pub mod redis;
 

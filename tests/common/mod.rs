@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod postgres;
+pub mod workers;
 
 use std::{
     path::Path,

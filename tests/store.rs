@@ -1626,3 +1626,26 @@ async fn concurrent_appends_are_committed_together() {
         rows.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_in_several_databases_of_one_server_can_be_made_at_once() {
+    // The first migration makes the application's role, which the server keeps for all of its
+    // databases: stores made at once in two of them both find it missing.
+    let postgres = Postgres::start();
+    let mut urls = Vec::new();
+    for n in 0..8 {
+        let database = postgres.create_database(&format!("at_once_{n}")).await;
+        urls.push(wakafleet::secret::Secret::new(
+            postgres.admin_url(&database),
+        ));
+    }
+    let opened =
+        futures_util::future::join_all(urls.iter().map(|url| Store::open(url, Options::default())))
+            .await;
+    for opened in opened {
+        if let Err(error) = opened {
+            let cause = std::error::Error::source(&error).map(ToString::to_string);
+            panic!("{error}: {cause:?}");
+        }
+    }
+}

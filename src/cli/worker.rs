@@ -57,6 +57,10 @@ pub struct Args {
     /// How often the reaper, the republishing of due jobs and the schedules run.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub upkeep: u64,
+    /// How often a job may stall (its worker gone before its lease ran out) before the
+    /// reaper gives it up as dead.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub max_stalls: i64,
     /// Fire due schedules (backups, health checks) too.
     #[arg(long)]
     pub schedules: bool,
@@ -93,6 +97,7 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
         regions: (!args.regions.is_empty()).then(|| args.regions.clone()),
         lease: TimeDelta::seconds(i64::try_from(args.lease.max(3)).unwrap_or(30)),
         upkeep_every: Duration::from_secs(args.upkeep.max(1)),
+        max_stalls: args.max_stalls.max(0),
         ..Options::new(&name, args.concurrency)
     };
     cli::store::block_on(async {

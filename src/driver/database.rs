@@ -286,7 +286,9 @@ impl Server {
 
     /// Dumps `database` into `folder` as `<label>.dump` ([`backups::named`]) with its checksum beside it
     /// (`<label>.dump.sha256`), written to a temporary name first so a crash leaves no
-    /// half-written backup under the final name.
+    /// half-written backup under the final name. The checksum is written before the dump
+    /// takes its name: a crash between the two leaves no `.dump` without a checksum, which
+    /// [`Server::backups`] would not count and a repeated step would back up again beside.
     pub async fn backup(
         &self,
         database: &str,
@@ -314,16 +316,16 @@ impl Server {
             ],
         )
         .await?;
-        tokio::fs::rename(&partial, &path)
-            .await
-            .map_err(|error| Error::Invalid(format!("moving the backup into place: {error}")))?;
-        let (sha256, bytes) = checksum(&path).await?;
+        let (sha256, bytes) = checksum(&partial).await?;
         tokio::fs::write(
             folder.join(checksum_name(&name)),
             format!("{sha256}  {name}\n"),
         )
         .await
         .map_err(|error| Error::Invalid(format!("writing the backup's checksum: {error}")))?;
+        tokio::fs::rename(&partial, &path)
+            .await
+            .map_err(|error| Error::Invalid(format!("moving the backup into place: {error}")))?;
         Ok(Backup {
             name,
             path,

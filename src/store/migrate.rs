@@ -108,10 +108,30 @@ impl Store {
         let migrator = Migrator::new(Embedded(migrations))
             .await
             .map_err(|error| self.migrate_error(error.into()))?;
-        migrator
-            .run(self.pool())
-            .await
-            .map_err(|error| self.migrate_error(error.into()))
+        // The first migration makes the application's role, which PostgreSQL keeps for the
+        // whole server: stores in two of its databases migrated at once may both find the role
+        // missing, and the second to make it fails. Its migration is rolled back with it (each
+        // runs in a transaction), and the next run finds the role.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut connection = self
+                .pool()
+                .acquire()
+                .await
+                .map_err(|error| self.migrate_error(error.into()))?;
+            // `run_direct`, sqlx's way past `Acquire` on a borrowed connection not being general
+            // enough for the future to be `Send`.
+            let Err(error) = migrator.run_direct(&mut *connection).await else {
+                return Ok(());
+            };
+            // sqlx keeps its lock of the database when a run fails; it goes with the session.
+            drop(sqlx::Connection::close(connection.detach()).await);
+            if tries >= 3 || !made_meanwhile(&error) {
+                return Err(self.migrate_error(error.into()));
+            }
+            tracing::debug!(%error, "a role was made meanwhile by another database's migration; migrating again");
+        }
     }
 
     fn migrate_error(&self, source: Box<dyn std::error::Error + Send + Sync>) -> Error {
@@ -132,5 +152,16 @@ impl Store {
             url: self.url.clone(),
             source,
         }
+    }
+}
+
+/// Whether a migration failed because another database's migration made a role at the same
+/// time: a unique violation in the server's catalogue of roles.
+fn made_meanwhile(error: &sqlx::migrate::MigrateError) -> bool {
+    match error {
+        sqlx::migrate::MigrateError::ExecuteMigration(sqlx::Error::Database(error), _) => {
+            error.is_unique_violation() && error.constraint() == Some("pg_authid_rolname_index")
+        }
+        _ => false,
     }
 }

@@ -7,6 +7,7 @@ pub mod docker;
 pub mod jobs;
 pub mod postgres;
 pub mod redis;
+pub mod workers;
 
 use std::{
     path::Path,

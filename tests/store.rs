@@ -1275,6 +1275,35 @@ async fn leases(fixture: &Fixture) {
         .await
         .expect("reaped");
     assert_eq!(reaped[0].status, JobStatus::Cancelled);
+
+    // Only failures count against the attempts: a job that stalled once, then failed once,
+    // of two attempts allowed, is retried.
+    let now = now + LEASE * 2;
+    store
+        .enqueue(&new_job("mq", 0, now), now)
+        .await
+        .expect("a job");
+    store
+        .claim(&Claimant::new("w"), now)
+        .await
+        .expect("a claim")
+        .expect("the job");
+    let later = now + LEASE + seconds(1);
+    store.reap(later, 5).await.expect("reaped");
+    let second = store
+        .claim(&Claimant::new("w"), later)
+        .await
+        .expect("a claim")
+        .expect("the job");
+    assert_eq!(second.attempts, 2);
+    let retried = store
+        .finish_job(&second.lease(), Finish::Failed("boom"), later)
+        .await
+        .expect("finished");
+    assert_eq!(
+        (retried.status, retried.failures, retried.stalls),
+        (JobStatus::Pending, 1, 1)
+    );
 }
 
 async fn schedules(fixture: &Fixture) {

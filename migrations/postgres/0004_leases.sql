@@ -2,7 +2,8 @@
 --
 -- A claimed job holds a lease until `lease_until_us`, renewed by its worker's heartbeat; a
 -- job whose lease ran out is returned to the queue by the reaper, which counts it in
--- `stalls`. Every write a worker makes names the attempt it claimed (`attempts`), so a
+-- `stalls`; `failures` counts the attempts that failed, which alone count against
+-- `max_attempts` (a stall or a hand-back is not the job's fault). Every write a worker makes names the attempt it claimed (`attempts`), so a
 -- worker whose job was reaped and claimed again writes nothing more. `claim` is the token of
 -- the claim that took the job, so a claim retried after an I/O error finds the job its
 -- first try took instead of taking a second one. A running job with `cancel_requested_at_us`
@@ -17,6 +18,7 @@ ALTER TABLE jobs ADD COLUMN region TEXT NOT NULL DEFAULT '';
 ALTER TABLE jobs ADD COLUMN lease_until_us BIGINT;
 ALTER TABLE jobs ADD COLUMN claim TEXT;
 ALTER TABLE jobs ADD COLUMN stalls BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN failures BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN cancel_requested_at_us BIGINT;
 CREATE INDEX jobs_claim ON jobs (claim);
 CREATE INDEX jobs_leases ON jobs (status, lease_until_us);

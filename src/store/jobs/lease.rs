@@ -78,7 +78,8 @@ pub enum Renewal {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Finish<'a> {
     Succeeded,
-    /// Failed: retried after [`retry_delay`] while attempts are left, else dead.
+    /// Failed: retried after [`retry_delay`] while fewer than `max_attempts` attempts
+    /// failed, else dead.
     Failed(&'a str),
     /// Failed in a way retrying cannot mend (a refused downgrade, a bad payload): failed.
     Fatal(&'a str),
@@ -261,12 +262,13 @@ impl Store {
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let sql = format!(
             "UPDATE jobs SET \
-             status = CASE WHEN $4 <> 'retry' THEN $4 WHEN attempts < max_attempts THEN 'pending' \
+             status = CASE WHEN $4 <> 'retry' THEN $4 WHEN failures + 1 < max_attempts THEN 'pending' \
                  ELSE 'dead' END, \
-             not_before_us = CASE WHEN $4 = 'retry' AND attempts < max_attempts THEN $5 \
+             not_before_us = CASE WHEN $4 = 'retry' AND failures + 1 < max_attempts THEN $5 \
                  ELSE not_before_us END, \
-             finished_at_us = CASE WHEN $4 = 'retry' AND attempts < max_attempts THEN NULL \
+             finished_at_us = CASE WHEN $4 = 'retry' AND failures + 1 < max_attempts THEN NULL \
                  ELSE $3 END, \
+             failures = failures + CASE WHEN $4 = 'retry' OR $4 = 'failed' THEN 1 ELSE 0 END, \
              error = CASE WHEN $4 = 'cancelled' THEN error ELSE $6 END, \
              lease_until_us = NULL, claim = NULL WHERE {FENCE} RETURNING {JOB_COLUMNS}"
         );

@@ -77,7 +77,8 @@ pub struct NewJob {
     pub region: String,
     /// Higher runs first.
     pub priority: i64,
-    /// How many attempts before the job is dead; at least 1.
+    /// How many failed attempts make the job dead; at least 1. Attempts cut off by a stall or
+    /// handed back do not count.
     pub max_attempts: i64,
     /// What the job kind needs to know, as JSON.
     pub payload: serde_json::Value,
@@ -104,6 +105,8 @@ pub struct Job {
     /// of every write its worker makes.
     pub attempts: i64,
     pub max_attempts: i64,
+    /// The attempts that failed: the job is dead when they reach `max_attempts`.
+    pub failures: i64,
     /// How often a worker stopped renewing its lease.
     pub stalls: i64,
     pub payload: serde_json::Value,
@@ -333,7 +336,7 @@ impl StepStatus {
 
 const JOB_COLUMNS: &str = "id, kind, instance, status, priority, attempts, max_attempts, payload, \
      commit_sha, reason, created_at_us, not_before_us, started_at_us, finished_at_us, worker, \
-     error, region, stalls, lease_until_us, cancel_requested_at_us";
+     error, region, stalls, lease_until_us, cancel_requested_at_us, failures";
 const STEP_COLUMNS: &str = "job_id, position, name, status, attempts, started_at_us, \
      finished_at_us, error, job_attempt, output";
 
@@ -356,7 +359,7 @@ impl Store {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let sql = format!(
             "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, 'pending', $4, 0, $5, $6, $7, $8, \
-             $9, $10, NULL, NULL, NULL, NULL, $11, 0, NULL, NULL) RETURNING {JOB_COLUMNS}"
+             $9, $10, NULL, NULL, NULL, NULL, $11, 0, NULL, NULL, 0) RETURNING {JOB_COLUMNS}"
         );
         let payload = job.payload.to_string();
         // The active job that stops this one may end between the insert and the look-up;
@@ -561,14 +564,14 @@ impl Store {
         }
     }
 
-    /// Sends a dead or failed job back to pending, due at `at`, with its attempts and stalls
-    /// counted afresh, and returns it.
+    /// Sends a dead or failed job back to pending, due at `at`, with its attempts, failures
+    /// and stalls counted afresh, and returns it.
     ///
     /// Fails with [`Error::Invalid`] when there is no such job, it is neither dead nor
     /// failed, or its instance has another active job by now.
     pub async fn retry(&self, job_id: &str, at: DateTime<Utc>) -> Result<Job, Error> {
         let sql = format!(
-            "UPDATE jobs SET status = 'pending', attempts = 0, stalls = 0, not_before_us = $2, \
+            "UPDATE jobs SET status = 'pending', attempts = 0, stalls = 0, failures = 0, not_before_us = $2, \
              finished_at_us = NULL, lease_until_us = NULL, claim = NULL, \
              cancel_requested_at_us = NULL \
              WHERE id = $1 AND status IN ('dead', 'failed') RETURNING {JOB_COLUMNS}"
@@ -660,6 +663,7 @@ fn job_from_row(row: &AnyRow) -> Result<Job, Error> {
         region: row.try_get(16)?,
         stalls: row.try_get(17)?,
         lease_until: lease_until.map(time).transpose()?,
+        failures: row.try_get(20)?,
         id,
     })
 }

@@ -580,6 +580,31 @@ async fn drift_made_by_hand_is_observed_and_repaired() {
             Drift::MissingContainer { role: Role::Worker }
         ]
     );
+    // The health check job finds the same and records it on the instance.
+    let checked = jobs
+        .run(
+            wakafleet::store::jobs::JobKind::Health,
+            "drift",
+            common::jobs::payload(&target),
+            1,
+        )
+        .await
+        .expect("checked");
+    assert_eq!(
+        jobs.output(&checked, "observe").await,
+        Some(
+            serde_json::json!({"drift": ["its app container is stopped", "its worker container is missing"]})
+        )
+    );
+    let recorded = jobs
+        .store
+        .instance("drift")
+        .await
+        .expect("a read")
+        .and_then(|instance| instance.health)
+        .expect("a health report");
+    assert_eq!(recorded["health"], "unhealthy");
+    assert_eq!(recorded["drift"].as_array().map(Vec::len), Some(2));
     let mut no_database = target.clone();
     no_database.instance = "never-made".into();
     assert!(

@@ -224,6 +224,22 @@ async fn audit_of(store: &Store, job: &str) -> Vec<wakafleet::store::audit::Reco
         .collect()
 }
 
+/// Enqueues `count` jobs of `script` on instances `<prefix>0`, `<prefix>1`, … and tells
+/// the queue.
+async fn enqueue_many(
+    store: &Store,
+    queue: &Queue,
+    prefix: &str,
+    count: usize,
+    script: serde_json::Value,
+    max_attempts: i64,
+) {
+    for index in 0..count {
+        let job = new_job(&format!("{prefix}{index}"), script.clone(), max_attempts);
+        worker::enqueue(store, queue, &job).await.expect("a job");
+    }
+}
+
 /// How many audit records have the action `action`.
 async fn audited(store: &Store, action: &str) -> usize {
     let filter = Filter {
@@ -694,19 +710,15 @@ async fn a_poison_job_is_dead_lettered_while_the_others_go_on_and_a_retry_brings
     )
     .await
     .expect("a job");
-    for index in 0..20 {
-        worker::enqueue(
-            &store,
-            &queue,
-            &new_job(
-                &format!("good-{index}"),
-                serde_json::json!({"steps": ["g"]}),
-                3,
-            ),
-        )
-        .await
-        .expect("a job");
-    }
+    enqueue_many(
+        &store,
+        &queue,
+        "good",
+        20,
+        serde_json::json!({"steps": ["g"]}),
+        3,
+    )
+    .await;
     let stop = CancellationToken::new();
     let running = tokio::spawn(pool(&store, &queue, executor.clone(), "w", 3).run(stop.clone()));
     drained(&store, Duration::from_secs(30)).await;
@@ -833,21 +845,15 @@ async fn every_job_finishes_though_postgresql_restarts_mid_run() {
             .expect("a queue"),
     );
     let executor = Arc::new(Scripted::default());
-    let mut ids = Vec::new();
-    for index in 0..40 {
-        let job = worker::enqueue(
-            &store,
-            &queue,
-            &new_job(
-                &format!("i{index}"),
-                serde_json::json!({"steps": ["a", "b"]}),
-                5,
-            ),
-        )
-        .await
-        .expect("a job");
-        ids.push(job.id);
-    }
+    enqueue_many(
+        &store,
+        &queue,
+        "i",
+        40,
+        serde_json::json!({"steps": ["a", "b"]}),
+        5,
+    )
+    .await;
     let stop = CancellationToken::new();
     let running = tokio::spawn(pool(&store, &queue, executor.clone(), "w", 4).run(stop.clone()));
     // Once some work is done, the server goes away and comes back.
@@ -890,19 +896,15 @@ async fn every_job_finishes_though_redis_is_flushed_and_then_restarted_mid_run()
     };
     let (first_queue, second_queue) = (queue(1).await, queue(2).await);
     let executor = Arc::new(Scripted::default());
-    for index in 0..60 {
-        worker::enqueue(
-            &store,
-            &first_queue,
-            &new_job(
-                &format!("i{index}"),
-                serde_json::json!({"steps": ["a", "b"]}),
-                5,
-            ),
-        )
-        .await
-        .expect("a job");
-    }
+    enqueue_many(
+        &store,
+        &first_queue,
+        "i",
+        60,
+        serde_json::json!({"steps": ["a", "b"]}),
+        5,
+    )
+    .await;
     let stop = CancellationToken::new();
     let first =
         tokio::spawn(pool(&store, &first_queue, executor.clone(), "host-a", 2).run(stop.clone()));

@@ -7,8 +7,10 @@ pub mod audit;
 pub mod image;
 pub mod jobs;
 pub mod plan;
+pub mod run;
 pub mod schema;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod validate;
 pub mod worker;
@@ -25,6 +27,15 @@ use wakafleet::diag::render::Color;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log events are written to stderr: text, or JSON lines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +56,10 @@ pub enum Command {
     Worker(worker::Args),
     /// List, show, retry and cancel jobs.
     Jobs(jobs::Args),
+    /// The reconcile daemon: follow the fleet, converge the instances, heal drift.
+    Run(run::Args),
+    /// Show the fleet as the store sees it: instances, their jobs and what they wait for.
+    Status(status::Args),
 }
 
 /// How a command formats its report.

@@ -19,6 +19,7 @@ use wakafleet::{
         worker::{Options, Pool},
     },
     load::Limits,
+    model::Settings,
     queue::{self, Queue},
     secret::Secret,
     source,
@@ -70,7 +71,7 @@ pub struct Args {
     pub labels: Vec<(String, String)>,
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("`{text}` is not KEY=VALUE")),
@@ -142,19 +143,32 @@ pub fn drivers(
     let limits = Limits::default();
     let inputs = source::read_folder(folder, &limits)?;
     let validation = validate::check(inputs, &limits);
-    let regions = &validation.fleet.settings.regions;
+    drivers_of(
+        &validation.fleet.settings,
+        only,
+        options,
+        &folder.display().to_string(),
+    )
+}
+
+/// A driver for each region of `settings` (only `only`, when given), with the regions'
+/// `env:` references resolved; `what` names where the settings come from in errors.
+pub fn drivers_of(
+    settings: &Settings,
+    only: &[String],
+    options: &driver::Options,
+    what: &str,
+) -> Result<BTreeMap<String, Driver>, cli::Error> {
+    let regions = &settings.regions;
     if regions.is_empty() {
         return Err(format!(
-            "{} names no region: a worker needs the regions of `fleet.toml` (run `wakafleet validate {}`)",
-            folder.display(),
-            folder.display()
+            "{what} names no region: jobs need the regions of `fleet.toml` (run `wakafleet validate`)"
         )
         .into());
     }
     if let Some(unknown) = only.iter().find(|name| !regions.contains_key(*name)) {
         return Err(format!(
-            "--regions names `{unknown}`, which {} does not define (it has {})",
-            folder.display(),
+            "--regions names `{unknown}`, which {what} does not define (it has {})",
             regions.keys().cloned().collect::<Vec<_>>().join(", ")
         )
         .into());
@@ -190,7 +204,8 @@ fn resolve(value: &str, region: &str, field: &str) -> Result<Secret, cli::Error>
     }
 }
 
-fn hostname() -> Option<String> {
+/// The machine's name, when it has one.
+pub fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|name| name.trim().to_string())

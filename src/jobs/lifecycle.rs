@@ -101,7 +101,9 @@ pub fn workflow(kind: JobKind) -> Vec<StepDef> {
             ACTIVATE,
         ],
         JobKind::Suspend => vec![SUSPEND, RECORD],
-        JobKind::Resume => vec![
+        // A repair is a resume of an instance that should be running: the network and volume
+        // made again where missing, the containers recreated as applied.
+        JobKind::Resume | JobKind::Repair => vec![
             VALIDATE,
             ALLOCATE_AGAIN,
             CONTAINERS_STEP,
@@ -320,11 +322,7 @@ impl Work<'_> {
                     .delete_secrets(instance)
                     .await
                     .map_err(store_failed)?;
-                lifecycle
-                    .store
-                    .set_instance_status(instance, InstanceStatus::Terminated, None, Utc::now())
-                    .await
-                    .map_err(store_failed)?;
+                self.record(lifecycle, InstanceStatus::Terminated).await?;
             }
             "retain" => return self.retain(lifecycle).await,
             "observe" => {
@@ -539,11 +537,17 @@ impl Work<'_> {
                     .as_ref()
                     .and_then(|record| record.config_hash.clone())
             }),
+            // The applied state is the status the job leaves, whatever the payload said, so
+            // plans against the record see a terminated instance as terminated.
             spec: self
                 .payload
                 .spec
                 .clone()
-                .or_else(|| existing.as_ref().and_then(|record| record.spec.clone())),
+                .or_else(|| existing.as_ref().and_then(|record| record.spec.clone()))
+                .map(|mut spec| {
+                    spec.state = status.as_str().to_string();
+                    spec
+                }),
             health: existing.and_then(|record| record.health),
             last_error: None,
             updated_at: Utc::now(),

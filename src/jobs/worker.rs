@@ -46,6 +46,9 @@ pub struct Options {
     pub upkeep_every: Duration,
     /// How long a slot waits for a delivery before it looks at `stop` again.
     pub receive_wait: Duration,
+    /// Told each time a job run of the pool ends (the daemon of the same process plans the
+    /// instance's next action at once).
+    pub ended: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Options {
@@ -61,6 +64,7 @@ impl Options {
             max_stalls: 3,
             upkeep_every: Duration::from_secs(5),
             receive_wait: Duration::from_secs(1),
+            ended: None,
         }
     }
 }
@@ -183,6 +187,9 @@ impl Pool {
                 Err(error) => {
                     tracing::warn!(job = %id, %error, "the store failed during a job; its lease will run out and the job return");
                 }
+            }
+            if let Some(ended) = &self.options.ended {
+                ended.notify_one();
             }
         }
     }

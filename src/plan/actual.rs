@@ -40,6 +40,19 @@ pub struct Actual {
     /// Partners, tenants, channels and releases as recorded, field by field.
     pub entities: BTreeMap<(ResourceType, String), Fields>,
     pub instances: BTreeMap<String, ActualInstance>,
+    /// What an observation of the real instances found to differ from what was applied, by
+    /// instance (the daemon observes; a plan from a record or a commit sees none).
+    pub drift: BTreeMap<String, Vec<Drift>>,
+}
+
+/// One way a real instance differs from what was applied to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drift {
+    /// What differs, in words ("its app container is stopped").
+    pub what: String,
+    /// Whether making its parts again repairs it. A missing database is not repaired: an
+    /// empty one would hide the loss; it waits for an operator to restore a backup.
+    pub repairable: bool,
 }
 
 /// The lifecycle state the fleet asks of an instance: its own `state`, but suspended when
@@ -69,7 +82,7 @@ pub fn effective_state(fleet: &Fleet, instance: &Instance) -> RunState {
 pub fn converged_base(fleet: &Fleet) -> Actual {
     let mut actual = Actual {
         entities: fields::entities(fleet),
-        instances: BTreeMap::new(),
+        ..Actual::default()
     };
     let instances: Vec<&Instance> = fleet.instances.values().collect();
     let converged = parallel::map_chunks(&instances, 1_000, |instances| {

@@ -25,7 +25,7 @@ use crate::{
     validate::{self, ValidFleet},
 };
 
-pub use actual::{Actual, ActualInstance, RunState, converged_base, effective_state};
+pub use actual::{Actual, ActualInstance, Drift, RunState, converged_base, effective_state};
 pub use fields::Fields;
 pub use fields::ResourceType;
 
@@ -36,6 +36,8 @@ pub enum Kind {
     Update,
     Provision,
     Resume,
+    /// Makes the parts of an instance that drifted from what was applied again, as applied.
+    Repair,
     Configure,
     Scale,
     Upgrade,
@@ -53,6 +55,7 @@ impl Kind {
         Kind::Update,
         Kind::Provision,
         Kind::Resume,
+        Kind::Repair,
         Kind::Configure,
         Kind::Scale,
         Kind::Upgrade,
@@ -69,6 +72,7 @@ impl Kind {
             Kind::Update => "update",
             Kind::Provision => "provision",
             Kind::Resume => "resume",
+            Kind::Repair => "repair",
             Kind::Configure => "configure",
             Kind::Scale => "scale",
             Kind::Upgrade => "upgrade",
@@ -185,8 +189,15 @@ pub fn compute(
             match (fleet.instances.get(name), actual.instances.get(name)) {
                 (Some(instance), deployed) => {
                     let file = sources.path(instance.name.span.file);
-                    let decisions =
-                        instance_actions(fleet, instance, file, deployed, &mut memo, &mut actions);
+                    let drift = actual.drift.get(name).map_or(&[][..], Vec::as_slice);
+                    let decisions = instance_actions(
+                        fleet,
+                        instance,
+                        file,
+                        (deployed, drift),
+                        &mut memo,
+                        &mut actions,
+                    );
                     for (decision, action) in decisions {
                         if decision {
                             advisories.push(action);
@@ -279,7 +290,7 @@ fn instance_actions(
     fleet: &Fleet,
     instance: &Instance,
     file: &str,
-    deployed: Option<&ActualInstance>,
+    (deployed, drift): (Option<&ActualInstance>, &[Drift]),
     memo: &mut policy::Memo,
     actions: &mut Vec<Action>,
 ) -> Vec<(bool, Action)> {
@@ -369,6 +380,10 @@ fn instance_actions(
         Some(&deployed.config),
         Some(&fields::instance_config(instance)),
     );
+    let unchanged = changes.is_empty() && deployed.resources == resources;
+    if deployed.state == RunState::Active && state == RunState::Active && unchanged {
+        actions.extend(repair(name, drift));
+    }
     if !changes.is_empty() {
         let mut action = Action::new(
             Kind::Configure,
@@ -437,6 +452,42 @@ fn instance_actions(
         decisions.push((advisory, action));
     }
     decisions
+}
+
+/// The repair of an instance that runs as applied no longer: its network and volume made
+/// again where missing and its containers recreated as applied. A drift that making parts
+/// again cannot mend (a lost database) blocks it until an operator restores a backup.
+fn repair(name: &str, drift: &[Drift]) -> Option<Action> {
+    if drift.is_empty() {
+        return None;
+    }
+    let found: Vec<&str> = drift.iter().map(|drift| drift.what.as_str()).collect();
+    let mut action = Action::new(
+        Kind::Repair,
+        ResourceType::Instance,
+        name,
+        format!(
+            "drift observed: {}; its network and volume are made again where missing and its containers recreated as applied",
+            found.join(", ")
+        ),
+    );
+    action.changes = drift
+        .iter()
+        .map(|drift| Change {
+            field: "drift".to_string(),
+            before: Some(drift.what.clone()),
+            after: None,
+        })
+        .collect();
+    if drift.iter().any(|drift| !drift.repairable) {
+        action.status = Status::Blocked;
+        action.blocked_reason = Some(BlockedReason::DataMissing);
+        action.reason = format!(
+            "drift observed: {}; making parts again would hide lost data: restore a backup (a restore job) first",
+            found.join(", ")
+        );
+    }
+    Some(action)
 }
 
 /// Where the backup of `instance` for `purpose` will be: its folder and the pattern of its

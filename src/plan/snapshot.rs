@@ -170,25 +170,27 @@ pub fn from_actual(actual: &Actual) -> Snapshot {
         instances: actual
             .instances
             .iter()
-            .map(|(name, instance)| {
-                let state = match instance.state {
-                    RunState::Active => "active",
-                    RunState::Suspended => "suspended",
-                    RunState::Terminated => "terminated",
-                };
-                let snapshot = Instance {
-                    version: instance.version.to_string(),
-                    state: state.to_string(),
-                    resources: InstanceResources {
-                        cpu: instance.resources.cpu.to_string(),
-                        memory: instance.resources.memory.to_string(),
-                        storage: instance.resources.storage.to_string(),
-                    },
-                    config: instance.config.clone(),
-                };
-                (name.clone(), snapshot)
-            })
+            .map(|(name, instance)| (name.clone(), instance_of(instance)))
             .collect(),
+    }
+}
+
+/// The snapshot form of one deployed instance.
+pub fn instance_of(instance: &ActualInstance) -> Instance {
+    let state = match instance.state {
+        RunState::Active => "active",
+        RunState::Suspended => "suspended",
+        RunState::Terminated => "terminated",
+    };
+    Instance {
+        version: instance.version.to_string(),
+        state: state.to_string(),
+        resources: InstanceResources {
+            cpu: instance.resources.cpu.to_string(),
+            memory: instance.resources.memory.to_string(),
+            storage: instance.resources.storage.to_string(),
+        },
+        config: instance.config.clone(),
     }
 }
 

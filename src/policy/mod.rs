@@ -46,6 +46,8 @@ pub enum BlockedReason {
     NoUpgradePath,
     /// The version is older than the running one and `allow_downgrade` is off.
     DowngradeNotAllowed,
+    /// An instance lost data that only a restore brings back (the plan's repairs).
+    DataMissing,
 }
 
 impl BlockedReason {
@@ -55,6 +57,7 @@ impl BlockedReason {
             BlockedReason::Frozen => "frozen",
             BlockedReason::NoUpgradePath => "no-upgrade-path",
             BlockedReason::DowngradeNotAllowed => "downgrade-not-allowed",
+            BlockedReason::DataMissing => "data-missing",
         }
     }
 }

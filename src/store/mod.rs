@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod checkpoint;
+pub mod daemon_state;
 pub mod jobs;
 pub mod secrets;
 pub mod state;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, reason = "each test binary uses part of the helpers")]
 
+pub mod daemon;
 pub mod docker;
 pub mod jobs;
 pub mod postgres;
@@ -60,16 +61,23 @@ pub fn stdout_of_success(output: &Output) -> String {
 
 /// Runs `wakafleet` with `args` in `cwd`, failing the test if it runs longer than 60 s.
 pub fn wakafleet(cwd: &Path, args: &[&str]) -> Output {
+    wakafleet_with(cwd, args, &[], Duration::from_secs(60))
+}
+
+/// Runs `wakafleet` with `args` in `cwd` and the variables `env`, failing the test if it
+/// runs longer than `limit`.
+pub fn wakafleet_with(cwd: &Path, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wakafleet"))
         .args(args)
         .current_dir(cwd)
         .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start wakafleet");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + limit;
     // Drain the pipes on threads so a large output cannot block the child.
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
@@ -86,7 +94,7 @@ pub fn wakafleet(cwd: &Path, args: &[&str]) -> Output {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("wakafleet {args:?} did not finish within 60 s");
+            panic!("wakafleet {args:?} did not finish within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     };

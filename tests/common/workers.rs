@@ -51,7 +51,7 @@ const GATE: i64 = 7_357;
 
 /// The test binary's PostgreSQL server, shared by the tests that run at once and stopped when the
 /// last of them ends: a server in a static would never be dropped, and would outlive the run.
-fn server() -> Arc<Postgres> {
+pub fn server() -> Arc<Postgres> {
     static SHARED: Mutex<Weak<Postgres>> = Mutex::new(Weak::new());
     let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(server) = shared.upgrade() {

@@ -43,6 +43,8 @@ pub enum JobKind {
     Scale,
     /// A look at the real instance: what drifted from what was applied.
     Health,
+    /// The parts of an instance that drifted made again as applied.
+    Repair,
 }
 
 /// Where a job is in its life.
@@ -222,6 +224,7 @@ impl JobKind {
         JobKind::Restore,
         JobKind::Scale,
         JobKind::Health,
+        JobKind::Repair,
     ];
 
     /// The kind's name, as stored.
@@ -238,6 +241,7 @@ impl JobKind {
             JobKind::Restore => "restore",
             JobKind::Scale => "scale",
             JobKind::Health => "health",
+            JobKind::Repair => "repair",
         }
     }
 
@@ -466,6 +470,17 @@ impl Store {
             .retrying(|| sqlx::query(&sql).bind(instance).fetch_optional(self.pool()))
             .await?;
         row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Every active (pending, running or cancelling) job, at most one per instance.
+    pub async fn active_jobs(&self) -> Result<Vec<Job>, Error> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('pending', 'running') ORDER BY instance"
+        );
+        let rows = self
+            .retrying(|| sqlx::query(&sql).fetch_all(self.pool()))
+            .await?;
+        rows.iter().map(job_from_row).collect()
     }
 
     /// How many jobs have each status, by status (those with none left out).

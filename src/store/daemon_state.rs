@@ -1,0 +1,53 @@
+//! What the reconcile daemon reports about itself, kept so that other processes (`wakafleet
+//! status`, the API of a standby) read what the leader last saw: one JSON document per key,
+//! replaced at each pass. It is a report, not history; the audit log is the history.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use crate::store::{Error, Store, micros, time};
+
+impl Store {
+    /// Replaces the document under `key`.
+    pub async fn put_daemon_state(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let text = value.to_string();
+        self.retrying(|| {
+            sqlx::query(
+                "INSERT INTO daemon_state (key, value, updated_at_us) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at_us = excluded.updated_at_us",
+            )
+            .bind(key)
+            .bind(text.as_str())
+            .bind(micros(at))
+            .execute(self.pool())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The document under `key` and when it was written, if one was.
+    pub async fn daemon_state(
+        &self,
+        key: &str,
+    ) -> Result<Option<(serde_json::Value, DateTime<Utc>)>, Error> {
+        let row = self
+            .retrying(|| {
+                sqlx::query("SELECT value, updated_at_us FROM daemon_state WHERE key = $1")
+                    .bind(key)
+                    .fetch_optional(self.pool())
+            })
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let text: String = row.try_get(0)?;
+        let value = serde_json::from_str(&text)
+            .map_err(|error| Error::Stored(format!("the daemon's `{key}` report: {error}")))?;
+        Ok(Some((value, time(row.try_get(1)?)?)))
+    }
+}

@@ -1,0 +1,266 @@
+//! `wakafleet run` end to end, on a real git repository, the real Docker engine and a real
+//! PostgreSQL server: commits converge the fleet, what runs is what the plan showed, an
+//! invalid commit is never applied, and drift made by hand is repaired.
+
+mod common;
+
+use common::{daemon::World, docker::docker_ok, workers::until};
+
+/// Commits the work tree with `message`, checks what the plan against the store shows
+/// ready, lets `run --once` converge, and checks that exactly those actions ran as jobs of
+/// that commit, that nothing is left to do, and that the audit log verifies. Returns the
+/// commit.
+fn apply(world: &World, message: &str) -> String {
+    let commit = world.commit(message);
+    let ready = world.ready();
+    assert!(!ready.is_empty(), "{message}: the plan shows work to do");
+    let before = world.jobs().len();
+    world.converges();
+    let jobs = world.jobs();
+    let mut ran: Vec<(String, String)> = jobs[before..]
+        .iter()
+        .map(|job| {
+            assert_eq!(job["status"], "succeeded", "{message}: {job}");
+            assert_eq!(job["commit"], commit.as_str(), "{message}: {job}");
+            (
+                job["kind"].as_str().expect("a kind").to_string(),
+                job["instance"].as_str().expect("an instance").to_string(),
+            )
+        })
+        .collect();
+    ran.sort();
+    assert_eq!(
+        ran, ready,
+        "{message}: every ready action ran as a job, nothing else"
+    );
+    assert_eq!(
+        world.ready(),
+        Vec::<(String, String)>::new(),
+        "{message}: nothing left"
+    );
+    let status = world.status();
+    assert_eq!(status["commit"]["applied"], commit.as_str(), "{status}");
+    assert_eq!(status["commit"]["seen"], commit.as_str(), "{status}");
+    world.audit_verifies();
+    commit
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commits_converge_the_real_containers_and_databases() {
+    docker_ok();
+    let world = World::new().await;
+    let (alpha, beta) = (world.name("alpha"), world.name("beta"));
+
+    world.instance("alpha", "1.0.0", "");
+    let added = apply(
+        &world,
+        "Add alpha\n\nApproved-by: Ada Lovelace <ada@example.com>\nReviewed-by: Grace Hopper <grace@example.com>\n",
+    );
+    assert_eq!(
+        world.containers(),
+        vec![
+            world.running("alpha", "app", "1.0.0"),
+            world.running("alpha", "worker", "1.0.0"),
+        ]
+    );
+    assert!(world.database_exists("alpha").await);
+    let alpha_status = world.status_of("alpha");
+    assert_eq!(alpha_status["status"], "active", "{alpha_status}");
+    assert_eq!(alpha_status["version"], "1.0.0", "{alpha_status}");
+    assert_eq!(alpha_status["health"], "healthy", "{alpha_status}");
+    // The merge is the approval: the job's records carry the commit and its approvers.
+    let steps = world.audit("instance.provision.step.");
+    assert!(!steps.is_empty());
+    for record in &steps {
+        assert_eq!(record["commit"]["sha"], added.as_str(), "{record}");
+        assert_eq!(record["commit"]["author"]["email"], "test@example.com");
+        assert_eq!(
+            record["commit"]["approved_by"][0], "Ada Lovelace <ada@example.com>",
+            "{record}"
+        );
+        assert_eq!(
+            record["commit"]["reviewed_by"][0],
+            "Grace Hopper <grace@example.com>"
+        );
+    }
+    let partners = world.audit("partner.create");
+    assert_eq!(partners.len(), 1, "{partners:?}");
+
+    // A manual-approval bump is approved by its merge; a new instance comes in beside it.
+    world.instance("alpha", "1.1.0", "");
+    world.instance("beta", "1.0.0", "");
+    apply(&world, "Upgrade alpha to 1.1.0, add beta");
+    assert_eq!(
+        world.containers(),
+        vec![
+            world.running("alpha", "app", "1.1.0"),
+            world.running("alpha", "worker", "1.1.0"),
+            world.running("beta", "app", "1.0.0"),
+            world.running("beta", "worker", "1.0.0"),
+        ]
+    );
+
+    // A configuration change recreates the containers with it.
+    world.instance("alpha", "1.1.0", "ssl = false\n");
+    apply(&world, "Turn ssl off on alpha");
+    let hashes = |name: &str| {
+        let output = std::process::Command::new("docker")
+            .args([
+                "inspect",
+                "--format",
+                "{{index .Config.Labels \"org.wakafleet.config-hash\"}}",
+            ])
+            .arg(format!("wakafleet-{name}-app"))
+            .output()
+            .expect("docker inspect");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    assert_ne!(
+        hashes(&alpha),
+        hashes(&beta),
+        "alpha runs another configuration"
+    );
+
+    // Suspending the partner stops its instances, keeping their data.
+    world.write(
+        "partners/p1.toml",
+        "id = \"p1\"\nname = \"Partner One\"\nemail = \"ops@p1.example\"\nstate = \"suspended\"\n",
+    );
+    apply(&world, "Suspend partner p1");
+    let states: Vec<String> = world
+        .containers()
+        .iter()
+        .map(|line| line.rsplit(' ').next().expect("a state").to_string())
+        .collect();
+    assert!(states.iter().all(|state| state != "running"), "{states:?}");
+    assert_eq!(world.status_of("beta")["status"], "suspended");
+    assert!(world.database_exists("beta").await);
+
+    // Terminating beta removes its parts after a final backup.
+    world.instance("beta", "1.0.0", "state = \"terminated\"\n");
+    apply(&world, "Terminate beta");
+    assert!(
+        world.containers().iter().all(|line| !line.contains(&beta)),
+        "{:?}",
+        world.containers()
+    );
+    assert!(!world.database_exists("beta").await);
+    assert!(world.database_exists("alpha").await);
+    assert_eq!(world.status_of("beta")["status"], "terminated");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_commit_is_not_applied_and_the_next_good_one_is() {
+    docker_ok();
+    let world = World::new().await;
+    world.instance("alpha", "1.0.0", "");
+    let good = apply(&world, "Add alpha");
+
+    // An unknown field in alpha's file, and a new instance beside it: nothing of it applies.
+    world.instance("alpha", "1.0.0", "colour = \"blue\"\n");
+    world.instance("gamma", "1.0.0", "");
+    let bad = world.commit("Add gamma, with a typo in alpha");
+    let output = world.run_once(&[]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "an invalid head is not converged"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("colour"),
+        "the diagnostics are logged: {stderr}"
+    );
+    let status = world.status();
+    assert_eq!(status["commit"]["seen"], bad.as_str(), "{status}");
+    assert_eq!(status["commit"]["valid"], false, "{status}");
+    assert_eq!(status["commit"]["applied"], good.as_str(), "{status}");
+    let diagnostics = status["commit"]["diagnostics"]
+        .as_array()
+        .expect("diagnostics");
+    assert!(
+        diagnostics.iter().any(|entry| entry["file"]
+            .as_str()
+            .is_some_and(|file| file.contains("alpha"))),
+        "{status}"
+    );
+    let gamma = world.name("gamma");
+    assert!(
+        world
+            .jobs()
+            .iter()
+            .all(|job| job["instance"] != gamma.as_str()),
+        "nothing of the invalid commit ran"
+    );
+    let refused = world.audit("commit.refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+
+    // The fix applies, gamma with it.
+    world.instance("alpha", "1.0.0", "");
+    apply(&world, "Fix the typo");
+    assert_eq!(world.status_of("gamma")["status"], "active");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_made_by_hand_is_repaired_and_audited() {
+    docker_ok();
+    let world = World::new().await;
+    world.instance("alpha", "1.0.0", "");
+    apply(&world, "Add alpha");
+    let alpha = world.name("alpha");
+    let daemon = world.start(&["--interval", "2"]);
+
+    // Stopped by hand: started again.
+    let app = format!("wakafleet-{alpha}-app");
+    let stopped = std::process::Command::new("docker")
+        .args(["stop", "-t", "1", &app])
+        .output()
+        .expect("docker stop");
+    assert!(stopped.status.success());
+    until("the stopped container to be repaired", async || {
+        let repaired = world.audit("instance.repair.step.activate");
+        (!repaired.is_empty()).then_some(())
+    })
+    .await;
+    let drift = world.audit("instance.drift");
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    let found = drift[0]["before"]["drift"].to_string();
+    assert!(
+        found.contains("app container is stopped"),
+        "{found}: {}",
+        daemon.log()
+    );
+    assert!(
+        world
+            .containers()
+            .contains(&world.running("alpha", "app", "1.0.0"))
+    );
+
+    // Removed by hand: made again.
+    let removed = std::process::Command::new("docker")
+        .args(["rm", "-f", &format!("wakafleet-{alpha}-worker")])
+        .output()
+        .expect("docker rm");
+    assert!(removed.status.success());
+    until("the removed container to be made again", async || {
+        let drift = world.audit("instance.drift");
+        let repairs = world.audit("instance.repair.step.activate");
+        (drift.len() == 2 && repairs.len() == 2).then_some(())
+    })
+    .await;
+    let drift = world.audit("instance.drift");
+    assert!(
+        drift[1]["before"]["drift"]
+            .to_string()
+            .contains("worker container is missing")
+    );
+    assert_eq!(
+        world.containers(),
+        vec![
+            world.running("alpha", "app", "1.0.0"),
+            world.running("alpha", "worker", "1.0.0"),
+        ]
+    );
+    daemon.kill();
+    world.audit_verifies();
+}

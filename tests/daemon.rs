@@ -264,3 +264,72 @@ async fn drift_made_by_hand_is_repaired_and_audited() {
     daemon.kill();
     world.audit_verifies();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_folder_outside_git_is_watched_and_its_changes_audited_with_the_operator() {
+    docker_ok();
+    let world = World::new().await;
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(format!("{}/.", world.fleet().display()))
+        .arg(folder.path())
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let daemon = world.start_on(folder.path(), &["--interval", "60"]);
+    until("the fleet's entities to be recorded", async || {
+        (!world.audit("partner.create").is_empty()).then_some(())
+    })
+    .await;
+
+    // A file saved in the folder is reconciled without waiting for the tick.
+    let alpha = world.name("alpha");
+    common::write(
+        folder.path(),
+        &format!("instances/{alpha}.toml"),
+        format!(
+            "name = \"{alpha}\"\ntype = \"partner-deployed\"\npartner = \"p1\"\ntenant = \"t1\"\nregion = \"ng-lagos\"\ndata_residency = [\"NG\"]\nsuites = [\"commerce\"]\nsize = \"small\"\nchannel = \"manual\"\nversion = \"1.0.0\"\n"
+        ),
+    );
+    until("the new instance to be provisioned", async || {
+        let status = world.listed("alpha")?;
+        (status["status"] == "active").then_some(())
+    })
+    .await;
+    let changed = world.audit("folder.changed");
+    assert!(changed.len() >= 2, "{changed:?}");
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    assert!(
+        changed
+            .iter()
+            .all(|record| record["actor"]["kind"] == "operator"
+                && record["actor"]["id"] == user.as_str()),
+        "{changed:?}"
+    );
+    daemon.kill();
+    world.audit_verifies();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_repository_is_mirrored_and_followed() {
+    docker_ok();
+    let world = World::new().await;
+    world.instance("alpha", "1.0.0", "");
+    let commit = world.commit("Add alpha");
+    // The world's repository stands in for the remote; the daemon reads only its mirror.
+    let remote = format!("file://{}", world.repo_path().display());
+    let repository = git2::Repository::open(world.repo_path()).expect("the repository");
+    let branch = repository.head().expect("a head");
+    let branch = branch.shorthand().expect("a branch").to_string();
+    let output = world.run_once(&["--repo", &remote, "--branch", &branch]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status = world.status();
+    assert_eq!(status["commit"]["applied"], commit.as_str(), "{status}");
+    assert_eq!(world.status_of("alpha")["status"], "active");
+}

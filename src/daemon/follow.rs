@@ -106,7 +106,12 @@ impl Source {
                 folder: path.to_path_buf(),
             });
         }
-        let (branch, _) = source::resolve_branch(path, branch)?;
+        // A detached HEAD (a CI checkout) is followed as it is: HEAD is the revision.
+        let branch = match source::resolve_branch(path, branch) {
+            Ok((branch, _)) => branch,
+            Err(source::Error::DetachedHead { .. }) => "HEAD".to_string(),
+            Err(error) => return Err(error.into()),
+        };
         Ok(Source::Git {
             folder: path.to_path_buf(),
             branch,
@@ -341,6 +346,7 @@ impl Source {
                 remote: Some(_),
                 ..
             } => format!("refs/remotes/origin/{branch}"),
+            Source::Git { branch, .. } if branch == "HEAD" => branch.clone(),
             Source::Git { branch, .. } => format!("refs/heads/{branch}"),
             Source::Folder { .. } => String::new(),
         }

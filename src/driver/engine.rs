@@ -26,6 +26,8 @@ pub struct Engine {
     docker: Docker,
     pub region: String,
     pub endpoint: String,
+    /// How many CPUs the engine's host has, once asked.
+    cpus: tokio::sync::OnceCell<i64>,
 }
 
 /// A container as the driver wants it.
@@ -83,6 +85,7 @@ impl Engine {
             })?,
             region: region.to_string(),
             endpoint: endpoint.to_string(),
+            cpus: tokio::sync::OnceCell::new(),
         };
         Ok(engine)
     }
@@ -93,6 +96,17 @@ impl Engine {
             endpoint: self.endpoint.clone(),
             source,
         }
+    }
+
+    /// How many CPUs the engine's host has (asked once).
+    pub async fn cpus(&self) -> Result<i64, Error> {
+        self.cpus
+            .get_or_try_init(|| async {
+                let info = self.docker.info().await.map_err(|e| self.error(e))?;
+                Ok(info.ncpu.unwrap_or(1).max(1))
+            })
+            .await
+            .copied()
     }
 
     /// Fails unless the engine answers.

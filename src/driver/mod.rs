@@ -218,7 +218,21 @@ impl Driver {
         .url()
     }
 
-    fn spec(&self, target: &Target, role: Role, password: &Secret) -> Result<ContainerSpec, Error> {
+    /// The CPU limit of a container of `resources`, in nano-CPUs: what the instance is
+    /// given, but no more than the engine's host has (an engine refuses a limit above its
+    /// CPUs, and a small region's host may have fewer than a size asks for).
+    pub async fn cpu_limit(&self, resources: crate::model::Resources) -> Result<i64, Error> {
+        let host = self.engine.cpus().await?.saturating_mul(1_000_000_000);
+        Ok(nano_cpus(resources).min(host))
+    }
+
+    fn spec(
+        &self,
+        target: &Target,
+        role: Role,
+        password: &Secret,
+        nano_cpus: i64,
+    ) -> Result<ContainerSpec, Error> {
         // Every value travels as a secret: `env:` values and the database URL are, and the
         // rest costs nothing to hide.
         let mut env: Vec<(String, Secret)> = target
@@ -257,7 +271,7 @@ impl Driver {
             labels,
             network: network_name(&target.instance),
             volume: Some((volume_name(&target.instance), DATA_PATH.to_string())),
-            nano_cpus: nano_cpus(target.resources),
+            nano_cpus,
             memory: i64::try_from(target.resources.memory.bytes()).unwrap_or(i64::MAX),
             extra_hosts: vec!["host.docker.internal:host-gateway".to_string()],
             // Only a remote engine's containers wait on Docker's health check; every check

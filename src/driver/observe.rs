@@ -5,7 +5,7 @@
 
 use crate::driver::{
     Driver, Error, container_name, labels, network_name,
-    target::{Role, Target, nano_cpus},
+    target::{Role, Target},
     volume_name,
 };
 
@@ -64,7 +64,7 @@ impl Driver {
         if !self.database_exists(instance).await? {
             drift.push(Drift::MissingDatabase);
         }
-        let cpus = nano_cpus(target.resources);
+        let cpus = self.cpu_limit(target.resources).await?;
         let memory = i64::try_from(target.resources.memory.bytes()).unwrap_or(i64::MAX);
         let hash = target.config_hash();
         for role in Role::ALL {

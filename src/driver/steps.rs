@@ -14,7 +14,7 @@ use crate::{
         Driver, Error, PORT, container_name,
         database::Backup,
         database_name, http, labels, network_name,
-        target::{Role, Target, nano_cpus},
+        target::{Role, Target},
         volume_name,
     },
     secret::Secret,
@@ -86,7 +86,8 @@ impl Driver {
         role: Role,
         password: &Secret,
     ) -> Result<(), Error> {
-        let spec = self.spec(target, role, password)?;
+        let nano_cpus = self.cpu_limit(target.resources).await?;
+        let spec = self.spec(target, role, password, nano_cpus)?;
         self.engine.ensure_running(&spec).await
     }
 
@@ -203,12 +204,13 @@ impl Driver {
 
     /// New CPU and memory limits, in place, without a restart.
     pub async fn scale(&self, target: &Target) -> Result<(), Error> {
+        let nano_cpus = self.cpu_limit(target.resources).await?;
         for role in Role::ALL {
             let name = container_name(&target.instance, role.as_str());
             self.engine
                 .update_limits(
                     &name,
-                    nano_cpus(target.resources),
+                    nano_cpus,
                     i64::try_from(target.resources.memory.bytes()).unwrap_or(i64::MAX),
                 )
                 .await?;

@@ -203,20 +203,20 @@ impl World {
 
     /// Starts `wakafleet run fleet` that keeps running, with `extra` arguments.
     pub fn start(&self, extra: &[&str]) -> Running {
+        self.start_on(Path::new("fleet"), extra)
+    }
+
+    /// Starts `wakafleet run PATH` that keeps running, with `extra` arguments.
+    pub fn start_on(&self, path: &Path, extra: &[&str]) -> Running {
         let label = self.label();
         let stderr = self
             .state
             .path()
             .join(format!("run-{}.stderr", uuid::Uuid::new_v4().simple()));
         let child = Command::new(env!("CARGO_BIN_EXE_wakafleet"))
-            .args([
-                "run",
-                "fleet",
-                "--store",
-                &self.store_url,
-                "--label",
-                &label,
-            ])
+            .arg("run")
+            .arg(path)
+            .args(["--store", &self.store_url, "--label", &label])
             .args(extra)
             .current_dir(self.repo.path())
             .envs(self.env())
@@ -307,6 +307,12 @@ impl World {
 
     /// The instance's entry in the status.
     pub fn status_of(&self, name: &str) -> serde_json::Value {
+        self.listed(name)
+            .unwrap_or_else(|| panic!("`{name}` is in the status: {}", self.status()))
+    }
+
+    /// The instance's entry in the status, if it has one.
+    pub fn listed(&self, name: &str) -> Option<serde_json::Value> {
         let name = self.name(name);
         let status = self.status();
         status["instances"]
@@ -315,7 +321,6 @@ impl World {
             .iter()
             .find(|instance| instance["name"] == name.as_str())
             .cloned()
-            .unwrap_or_else(|| panic!("`{name}` is in the status: {status}"))
     }
 
     /// `audit verify` passes.

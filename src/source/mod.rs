@@ -4,12 +4,19 @@
 //! Sources hand the core `(path, content)` pairs ([`Input`]) and nothing else: they read only
 //! the files `load::Kind::of_path` accepts, never read past the size limit, and report
 //! directories and links where files belong instead of following them. They do not parse.
+//!
+//! Beside the files, a commit's metadata and approval trailers ([`commit_info`]), the commits
+//! a branch moved through ([`resolve_branch`], [`first_parent_chain`]), and whether an SSH
+//! key the allowed signers name signed a commit ([`signature::verify_commit`]).
 
+mod commit;
 mod folder;
 mod git;
+pub mod signature;
 
 use std::path::PathBuf;
 
+pub use commit::{CommitInfo, MAX_CHAIN, Person, commit_info, first_parent_chain, resolve_branch};
 pub use folder::read_folder;
 pub use git::{Snapshot, read_commit};
 
@@ -45,6 +52,18 @@ pub enum Error {
     },
     #[error("commit {commit} has no folder `{path}`")]
     NoFolder { commit: String, path: String },
+    #[error("no local branch `{branch}`")]
+    NoBranch {
+        branch: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error(
+        "HEAD of the git repository holding `{path}` is detached; pass --branch to name the branch to follow"
+    )]
+    DetachedHead { path: PathBuf },
+    #[error("commit {commit} has a time out of range ({seconds} seconds since 1970)")]
+    TimeOutOfRange { commit: String, seconds: i64 },
     #[error("reading `{what}` from the git repository")]
     Git {
         what: String,

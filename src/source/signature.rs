@@ -223,6 +223,12 @@ impl Line {
                     .map_err(|error| format!("reading the public key: {error}"))?
             }
         };
+        // ssh-keygen refuses such a line rather than let it allow nothing.
+        if let (Some(after), Some(before)) = (options.valid_after, options.valid_before)
+            && before <= after
+        {
+            return Err("`valid-before` is not after `valid-after`".to_string());
+        }
         Ok(Line {
             number,
             principals: principals.to_string(),

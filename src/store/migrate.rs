@@ -32,6 +32,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "leases",
         include_str!("../../migrations/postgres/0004_leases.sql"),
     ),
+    (
+        5,
+        "leadership",
+        include_str!("../../migrations/postgres/0005_leadership.sql"),
+    ),
 ];
 const SQLITE: &[(i64, &str, &str)] = &[
     (
@@ -53,6 +58,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         4,
         "leases",
         include_str!("../../migrations/sqlite/0004_leases.sql"),
+    ),
+    (
+        5,
+        "leadership",
+        include_str!("../../migrations/sqlite/0005_leadership.sql"),
     ),
 ];
 

@@ -18,3 +18,4 @@ pub mod queue;
 pub mod image;
 pub mod driver;
 pub mod jobs;
+pub mod daemon;

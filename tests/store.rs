@@ -94,6 +94,7 @@ fn contracts() -> Vec<(&'static str, Contract)> {
         ("leases", |f| Box::pin(leases(f))),
         ("schedules", |f| Box::pin(schedules(f))),
         ("concurrent claims", |f| Box::pin(concurrent_claims(f))),
+        ("leadership", |f| Box::pin(leadership(f))),
     ]
 }
 
@@ -1389,6 +1390,149 @@ async fn concurrent_claims(fixture: &Fixture) {
     taken.sort();
     taken.dedup();
     assert_eq!((claimed, taken.len()), (60, 60), "each job claimed once");
+}
+
+/// Whether `result` is the refusal of a write by the leader of `epoch` at `current`.
+fn deposed<T: std::fmt::Debug>(result: Result<T, Error>, epoch: i64, current: i64) -> bool {
+    match result {
+        Err(Error::Deposed {
+            epoch: refused,
+            current: found,
+        }) => (refused, found) == (epoch, current),
+        other => panic!("expected epoch {epoch} deposed at {current}, got {other:?}"),
+    }
+}
+
+/// Terms begin with a higher epoch each time, and a leader's writes are refused, writing
+/// nothing, once a later term has begun.
+async fn leadership(fixture: &Fixture) {
+    let store = &fixture.store;
+    let (t0, t1) = (at("2026-03-01T10:00:00Z"), at("2026-03-01T10:00:05Z"));
+    assert_eq!(
+        store.term().await.expect("a read"),
+        None,
+        "no term before the first"
+    );
+    let first = store.begin_term("host-a:1", t0).await.expect("a term");
+    assert_eq!(
+        (
+            first.epoch,
+            first.holder.as_str(),
+            first.since,
+            first.renewed
+        ),
+        (1, "host-a:1", t0, t0)
+    );
+    store.renew_term(1, t1).await.expect("a renewal");
+    let second = store.begin_term("host-b:2", t1).await.expect("a term");
+    assert_eq!(second.epoch, 2);
+    assert_eq!(store.term().await.expect("a read"), Some(second));
+    assert!(deposed(store.renew_term(1, t1).await, 1, 2));
+
+    // Jobs: the stale epoch enqueues nothing, the current one enqueues once by id.
+    let job = NewJob {
+        id: Some("fenced".into()),
+        ..new_job("web", 0, t0)
+    };
+    assert!(deposed(store.enqueue_fenced(&job, t1, 1).await, 1, 2));
+    assert!(store.jobs_of("web").await.expect("a read").is_empty());
+    let enqueued = store.enqueue_fenced(&job, t1, 2).await.expect("a job");
+    assert_eq!(
+        store.enqueue_fenced(&job, t1, 2).await.expect("the job"),
+        enqueued
+    );
+    assert!(deposed(store.enqueue_fenced(&job, t1, 1).await, 1, 2));
+    let other = NewJob {
+        id: Some("other".into()),
+        ..new_job("web", 0, t0)
+    };
+    assert!(matches!(
+        store.enqueue_fenced(&other, t1, 2).await,
+        Err(Error::Invalid(_))
+    ));
+    assert_eq!(store.jobs_of("web").await.expect("a read"), vec![enqueued]);
+
+    // Commits.
+    let commit = CommitRecord {
+        sha: "2".repeat(40),
+        seen_at: t0,
+        applied_at: None,
+        author: Person {
+            name: "Ada".into(),
+            email: "ada@example.com".into(),
+        },
+        committer: Person {
+            name: "Ada".into(),
+            email: "ada@example.com".into(),
+        },
+        summary: "A commit".into(),
+        approved_by: Vec::new(),
+        reviewed_by: Vec::new(),
+        valid: true,
+    };
+    store.record_commit(&commit).await.expect("a record");
+    assert!(deposed(
+        store.mark_commit_applied_fenced(&commit.sha, t1, 1).await,
+        1,
+        2
+    ));
+    assert_eq!(store.last_applied_commit().await.expect("a read"), None);
+    assert!(
+        store
+            .mark_commit_applied_fenced(&commit.sha, t1, 2)
+            .await
+            .expect("applied")
+    );
+    assert!(
+        !store
+            .mark_commit_applied_fenced(&"3".repeat(40), t1, 2)
+            .await
+            .expect("not recorded")
+    );
+    let applied = store.last_applied_commit().await.expect("a read");
+    assert_eq!(applied.and_then(|commit| commit.applied_at), Some(t1));
+
+    // Entities.
+    let fields = BTreeMap::from([("name".to_string(), "Acme".to_string())]);
+    let entities = || async { store.snapshot().await.expect("a snapshot").entities.len() };
+    assert!(deposed(
+        store
+            .put_entity_fenced(ResourceType::Partner, "acme", &fields, t1, 1)
+            .await,
+        1,
+        2
+    ));
+    assert_eq!(entities().await, 0);
+    store
+        .put_entity_fenced(ResourceType::Partner, "acme", &fields, t1, 2)
+        .await
+        .expect("a put");
+    store
+        .put_entity_fenced(ResourceType::Partner, "acme", &fields, t1, 2)
+        .await
+        .expect("a put again");
+    assert_eq!(entities().await, 1);
+    assert!(deposed(
+        store
+            .delete_entity_fenced(ResourceType::Partner, "acme", 1)
+            .await,
+        1,
+        2
+    ));
+    assert_eq!(entities().await, 1);
+    assert!(
+        store
+            .delete_entity_fenced(ResourceType::Partner, "acme", 2)
+            .await
+            .expect("a delete")
+    );
+    assert!(
+        !store
+            .delete_entity_fenced(ResourceType::Partner, "acme", 2)
+            .await
+            .expect("nothing to delete")
+    );
+    assert_eq!(entities().await, 0);
 }
 
 async fn migrations(fixture: &Fixture) {

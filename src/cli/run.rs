@@ -186,7 +186,7 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
         let queue = Arc::new(Queue::open(&args.queue, queue::Options::default()).await?);
         let elector = match store.backend() {
             Backend::Postgres => {
-                Elector::postgres(&args.store.url, holder.clone(), Duration::from_secs(2))
+                Elector::postgres(&args.store.url, holder.clone(), Duration::from_secs(2))?
             }
             Backend::Sqlite => Elector::single(holder.clone()),
         };

@@ -44,7 +44,8 @@ use crate::{
 };
 
 use follow::{Revision, Source};
-use leader::{Elector, Term};
+use crate::store::leadership::Term;
+use leader::Elector;
 use reconcile::{Context, Desired, Outcome};
 
 /// The daemon, ready to run.
@@ -101,6 +102,8 @@ pub enum Error {
     Leader(#[from] leader::Error),
     #[error("the store failed")]
     Store(#[from] store::Error),
+    #[error("the leadership task failed: {0}")]
+    Task(String),
 }
 
 /// What the daemon knows of its source between passes.
@@ -177,7 +180,7 @@ impl Daemon {
             release.cancel();
             let (returned, why) = holding
                 .await
-                .map_err(|error| leader::Error::Task(error.to_string()))?;
+                .map_err(|error| Error::Task(error.to_string()))?;
             elector = returned;
             if let Some(exit) = exit {
                 return Ok(exit);
@@ -498,7 +501,7 @@ impl Leader {
                 } else {
                     Arc::default()
                 },
-                epoch: Some(term.epoch),
+                epoch: term.epoch,
                 max_attempts: self.options.max_attempts,
                 actor: Actor::system(&self.options.holder),
             };

@@ -47,7 +47,7 @@ pub struct Context {
     /// is observed.
     pub drivers: Arc<BTreeMap<String, Driver>>,
     /// The leader's term: the daemon's writes are refused once another process leads.
-    pub epoch: Option<i64>,
+    pub epoch: i64,
     /// How many failed attempts make a job dead.
     pub max_attempts: i64,
     /// The daemon itself, in the audit log.
@@ -475,7 +475,7 @@ async fn enqueue(ctx: &Context, job: &NewJob, now: DateTime<Utc>) -> Result<Job,
         not_before: now,
         ..job.clone()
     };
-    let enqueued = ctx.store.enqueue(&job, now).await?;
+    let enqueued = ctx.store.enqueue_fenced(&job, now, ctx.epoch).await?;
     let message = Message {
         job: enqueued.id.clone(),
         region: enqueued.region.clone(),
@@ -533,7 +533,9 @@ async fn record_entities(
                     .await?
             }
             None => {
-                ctx.store.delete_entity(resource_type, &action.id).await?;
+                ctx.store
+                    .delete_entity_fenced(resource_type, &action.id, ctx.epoch)
+                    .await?;
             }
         }
         count += 1;

@@ -33,6 +33,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/postgres/0004_leases.sql"),
     ),
     (
+        5,
+        "leadership",
+        include_str!("../../migrations/postgres/0005_leadership.sql"),
+    ),
+    (
         6,
         "daemon",
         include_str!("../../migrations/postgres/0006_daemon.sql"),
@@ -58,6 +63,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         4,
         "leases",
         include_str!("../../migrations/sqlite/0004_leases.sql"),
+    ),
+    (
+        5,
+        "leadership",
+        include_str!("../../migrations/sqlite/0005_leadership.sql"),
     ),
     (
         6,

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod checkpoint;
 pub mod daemon_state;
 pub mod jobs;
+pub mod leadership;
 pub mod secrets;
 pub mod state;
 
@@ -121,6 +122,11 @@ pub enum Error {
     /// A step was to start on a job asked to stop.
     #[error("job {0} is being cancelled: no step starts")]
     Cancelling(String),
+    /// A leader's write, or the renewal of its term, after a later term began.
+    #[error(
+        "the leader of epoch {epoch} was deposed: the store is at epoch {current}; nothing was written"
+    )]
+    Deposed { epoch: i64, current: i64 },
 }
 
 impl Error {

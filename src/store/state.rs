@@ -93,7 +93,7 @@ const INSTANCE_COLUMNS: &str =
 const COMMIT_COLUMNS: &str =
     "sha, seen_at_us, applied_at_us, author, committer, summary, approved_by, reviewed_by, valid";
 
-fn json<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
     // Our own types always serialize.
     serde_json::to_string(value).unwrap_or_default()
 }

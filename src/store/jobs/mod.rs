@@ -22,7 +22,11 @@ mod lease;
 mod schedules;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use sqlx::{Row, any::AnyRow};
+use sqlx::{
+    Any, Row,
+    any::{AnyArguments, AnyRow},
+    query::Query,
+};
 
 use crate::store::{Error, Store, micros, time};
 
@@ -351,6 +355,17 @@ impl Store {
     /// already has another active job, naming that job. A job whose id is recorded already
     /// is returned as recorded.
     pub async fn enqueue(&self, job: &NewJob, at: DateTime<Utc>) -> Result<Job, Error> {
+        self.insert_job(job, at, None).await
+    }
+
+    /// [`Store::enqueue`], under the leader's fence when `epoch` is given
+    /// ([`Store::enqueue_fenced`]).
+    pub(crate) async fn insert_job(
+        &self,
+        job: &NewJob,
+        at: DateTime<Utc>,
+        epoch: Option<i64>,
+    ) -> Result<Job, Error> {
         if job.max_attempts < 1 {
             return Err(Error::Invalid(format!(
                 "a job needs at least 1 attempt, not {}",
@@ -361,33 +376,38 @@ impl Store {
             .id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let sql = format!(
-            "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, 'pending', $4, 0, $5, $6, $7, $8, \
-             $9, $10, NULL, NULL, NULL, NULL, $11, 0, NULL, NULL, 0) RETURNING {JOB_COLUMNS}"
-        );
+        let values = "$1, $2, $3, 'pending', $4, 0, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, \
+             NULL, $11, 0, NULL, NULL, 0";
+        let sql = match epoch {
+            None => format!(
+                "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({values}) RETURNING {JOB_COLUMNS}"
+            ),
+            Some(_) => format!(
+                "INSERT INTO jobs ({JOB_COLUMNS}) SELECT {values} WHERE {} RETURNING {JOB_COLUMNS}",
+                self.epoch_fence(12)
+            ),
+        };
         let payload = job.payload.to_string();
+        let bind = |query| bind_job(query, &id, job, &payload, at);
         // The active job that stops this one may end between the insert and the look-up;
         // then the insert is worth another try.
         for _ in 0..3 {
-            let inserted = self
-                .retrying(|| {
-                    sqlx::query(&sql)
-                        .bind(id.as_str())
-                        .bind(job.kind.as_str())
-                        .bind(job.instance.as_str())
-                        .bind(job.priority)
-                        .bind(job.max_attempts)
-                        .bind(payload.as_str())
-                        .bind(job.commit_sha.as_deref())
-                        .bind(job.reason.as_str())
-                        .bind(micros(at))
-                        .bind(micros(job.not_before))
-                        .bind(job.region.as_str())
-                        .fetch_one(self.pool())
-                })
-                .await;
+            let inserted = match epoch {
+                None => self
+                    .retrying(|| bind(sqlx::query(&sql)).fetch_one(self.pool()))
+                    .await
+                    .map(Some),
+                Some(epoch) => self.under_epoch(epoch, &sql, bind).await,
+            };
             let error = match inserted {
-                Ok(row) => return job_from_row(&row),
+                Ok(Some(row)) => return job_from_row(&row),
+                // The fence held, so an insert of one row that inserted nothing broke no
+                // constraint either: that cannot be.
+                Ok(None) => {
+                    return Err(Error::Stored(format!(
+                        "job {id} was neither inserted nor refused"
+                    )));
+                }
                 Err(Error::Sql(sqlx::Error::Database(error))) if error.is_unique_violation() => {
                     error
                 }
@@ -620,6 +640,28 @@ impl Store {
             Err(error) => Err(error),
         }
     }
+}
+
+/// Binds a new job's values to `query`, an insert into `jobs`, at `$1` to `$11`.
+fn bind_job<'q>(
+    query: Query<'q, Any, AnyArguments<'q>>,
+    id: &'q str,
+    job: &'q NewJob,
+    payload: &'q str,
+    at: DateTime<Utc>,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    query
+        .bind(id)
+        .bind(job.kind.as_str())
+        .bind(job.instance.as_str())
+        .bind(job.priority)
+        .bind(job.max_attempts)
+        .bind(payload)
+        .bind(job.commit_sha.as_deref())
+        .bind(job.reason.as_str())
+        .bind(micros(at))
+        .bind(micros(job.not_before))
+        .bind(job.region.as_str())
 }
 
 fn no_job(job_id: &str) -> Error {

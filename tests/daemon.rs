@@ -333,3 +333,192 @@ async fn a_remote_repository_is_mirrored_and_followed() {
     assert_eq!(status["commit"]["applied"], commit.as_str(), "{status}");
     assert_eq!(world.status_of("alpha")["status"], "active");
 }
+
+/// The pid in a status's `reconcile.leader` (`host:pid`).
+fn leader_pid(status: &serde_json::Value) -> Option<u32> {
+    status["reconcile"]["leader"]
+        .as_str()?
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_takes_over_within_ten_seconds_when_the_leader_is_killed() {
+    docker_ok();
+    let world = World::on_postgres().await;
+    let redis = common::redis::Redis::start();
+    let queue = redis.url();
+    let args = [
+        "--queue",
+        queue.as_str(),
+        "--workers",
+        "1",
+        "--interval",
+        "2",
+    ];
+    let first = world.start(&args);
+    let second = world.start(&args);
+    world.instance("alpha", "1.0.0", "");
+    world.commit("Add alpha");
+    until("alpha to be provisioned by whichever leads", async || {
+        let status = world.listed("alpha")?;
+        (status["status"] == "active").then_some(())
+    })
+    .await;
+    let leader = until("a leader in the status", async || {
+        leader_pid(&world.status())
+    })
+    .await;
+    let (leading, standby) = if leader == first.pid() {
+        (first, second)
+    } else {
+        assert_eq!(leader, second.pid(), "one of the two leads");
+        (second, first)
+    };
+    let standby_pid = standby.pid();
+
+    leading.kill();
+    let killed = std::time::Instant::now();
+    until("the standby to lead", async || {
+        (leader_pid(&world.status()) == Some(standby_pid)).then_some(())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    assert!(
+        takeover < std::time::Duration::from_secs(10),
+        "the standby took over after {takeover:?}: {}",
+        standby.log()
+    );
+
+    // The new leader reconciles: a commit made after the takeover is applied.
+    world.instance("beta", "1.0.0", "");
+    let commit = world.commit("Add beta");
+    until("beta to be provisioned by the new leader", async || {
+        let status = world.listed("beta")?;
+        (status["status"] == "active").then_some(())
+    })
+    .await;
+    until("the commit to be applied", async || {
+        (world.status()["commit"]["applied"] == commit.as_str()).then_some(())
+    })
+    .await;
+    let terms: Vec<i64> = world
+        .audit("commit.seen")
+        .iter()
+        .filter_map(|record| record["metadata"]["epoch"].as_i64())
+        .collect();
+    assert!(
+        terms.windows(2).all(|pair| pair[0] <= pair[1]) && terms.last() > terms.first(),
+        "commits seen under a later term after the takeover: {terms:?}"
+    );
+    drop(standby);
+    world.audit_verifies();
+}
+
+/// Runs `git` in `dir`, which must succeed.
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git, from `apt-get install git`");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_signed_commits_required_only_a_signed_commit_is_applied() {
+    docker_ok();
+    let world = World::new().await;
+    let keys = world.state_path().join("keys");
+    std::fs::create_dir_all(&keys).expect("a key folder");
+    let key = keys.join("id_ed25519");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen, from `apt-get install openssh-client`");
+    assert!(made.success());
+    let public = std::fs::read_to_string(keys.join("id_ed25519.pub")).expect("the public key");
+    std::fs::write(
+        keys.join("allowed_signers"),
+        format!("test@example.com {public}"),
+    )
+    .expect("the allowed signers");
+    let config = keys.join("wakafleet.toml");
+    std::fs::write(
+        &config,
+        "[source]\nrequire_signed_commits = true\nallowed_signers = \"allowed_signers\"\n",
+    )
+    .expect("the config");
+    let config = config.display().to_string();
+
+    world.instance("alpha", "1.0.0", "");
+    let unsigned = world.commit("Add alpha, unsigned");
+    let output = world.run_once(&["--config", &config]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "an unsigned head is not applied"
+    );
+    let alpha = world.name("alpha");
+    assert!(
+        world
+            .jobs()
+            .iter()
+            .all(|job| job["instance"] != alpha.as_str())
+    );
+    let refused = world.audit("commit.refused");
+    assert!(
+        refused
+            .iter()
+            .any(|record| record["resource"] == format!("commit/{unsigned}")),
+        "{refused:?}"
+    );
+
+    let key_file = format!("{}.pub", key.display());
+    git(
+        world.repo_path(),
+        &[
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            &format!("user.signingkey={key_file}"),
+            "commit",
+            "-q",
+            "-S",
+            "--allow-empty",
+            "-m",
+            "Add alpha, signed",
+        ],
+    );
+    let signed = git(world.repo_path(), &["rev-parse", "HEAD"]);
+    let output = world.run_once(&["--config", &config]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(world.status_of("alpha")["status"], "active");
+    let seen = world.audit("commit.seen");
+    let record = seen
+        .iter()
+        .find(|record| record["resource"] == format!("commit/{signed}"))
+        .expect("the signed commit is audited as seen");
+    assert_eq!(
+        record["metadata"]["signer"]["principal"], "test@example.com",
+        "{record}"
+    );
+    let fingerprint = record["metadata"]["signer"]["fingerprint"]
+        .as_str()
+        .expect("a fingerprint");
+    assert!(fingerprint.starts_with("SHA256:"), "{record}");
+}

@@ -43,8 +43,8 @@ use crate::{
     validate,
 };
 
-use follow::{Revision, Source};
 use crate::store::leadership::Term;
+use follow::{Revision, Source};
 use leader::Elector;
 use reconcile::{Context, Desired, Outcome};
 

@@ -70,10 +70,24 @@ impl World {
     /// A repository with the fleet settings, the catalogue (1.0.0, 1.1.0, 1.2.0), a
     /// manual-approval channel, a partner and a tenant, committed; a SQLite store.
     pub async fn new() -> World {
+        World::with_store(None).await
+    }
+
+    /// [`World::new`] with its store in a database of the test binary's PostgreSQL server.
+    pub async fn on_postgres() -> World {
+        let postgres = server();
+        let database = postgres
+            .create_database(&format!("store_{}", uuid::Uuid::new_v4().simple()))
+            .await;
+        World::with_store(Some(postgres.admin_url(&database))).await
+    }
+
+    async fn with_store(store_url: Option<String>) -> World {
         let catalogue = images();
         let postgres = server();
         let (repo, state, backups) = (tempdir(), tempdir(), tempdir());
-        let store_url = format!("sqlite://{}", state.path().join("state.db").display());
+        let store_url = store_url
+            .unwrap_or_else(|| format!("sqlite://{}", state.path().join("state.db").display()));
         let world = World {
             prefix: format!("w{}", &uuid::Uuid::new_v4().simple().to_string()[..6]),
             sweep: Sweep::new(),
@@ -389,6 +403,11 @@ impl World {
             .await
             .expect("pg_database");
         found.is_some()
+    }
+
+    /// The world's own folder for files a test needs beside the repository.
+    pub fn state_path(&self) -> &Path {
+        self.state.path()
     }
 
     pub fn repo_path(&self) -> &Path {

@@ -175,6 +175,7 @@ fn decode_all(
     .concat();
 
     // Both, in file order.
+    let decoded = made.len();
     let mut made = made.into_iter();
     let mut reused_keys = Vec::new();
     let mut new_decodings = Vec::new();
@@ -198,7 +199,7 @@ fn decode_all(
         ctx.diagnostics.extend(decoding.diagnostics);
         entities.extend(decoding.entity.map(|entity| (decoding.file, entity)));
     }
-    cache.record(&reused_keys, new_decodings);
+    cache.record(&reused_keys, decoded, new_decodings);
     entities
 }
 

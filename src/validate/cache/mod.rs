@@ -279,9 +279,10 @@ impl Cache {
         Some(held.value.moved_to(file))
     }
 
-    /// Records that the current validation reused the decodings of `keys` and made those of
-    /// `made`.
-    pub(super) fn record(&mut self, reused: &[Key], made: Vec<(Key, Decoding)>) {
+    /// Records that the current validation reused the decodings of `reused`, decoded
+    /// `decoded` files, and made the decodings of `made` to keep (files without an id are
+    /// decoded but not kept).
+    pub(super) fn record(&mut self, reused: &[Key], decoded: usize, made: Vec<(Key, Decoding)>) {
         let now = self.validations;
         for key in reused {
             if let Some(held) = self.decodings.get_mut(key) {
@@ -289,7 +290,7 @@ impl Cache {
             }
         }
         self.reused += reused.len() as u64;
-        self.decoded += made.len() as u64;
+        self.decoded += decoded as u64;
         for (key, value) in made {
             self.decodings.insert(key, Held { value, used: now });
         }
@@ -500,3 +501,6 @@ impl Relocate for Box<Instance> {
         approved_version.relocate(from, to);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -351,9 +351,13 @@ proptest! {
     }
 }
 
+/// A change to the example fleet: which file, a byte to write where, and an index of `PATHS`
+/// to move the file to.
+type Pick = (usize, Option<(usize, u8)>, Option<usize>);
+
 /// The example fleet with, for each pick, one file edited (a byte replaced or inserted)
 /// and/or moved to one of `PATHS`.
-fn example_version(picks: &[(usize, Option<(usize, u8)>, Option<usize>)]) -> Vec<Input> {
+fn example_version(picks: &[Pick]) -> Vec<Input> {
     let mut files: Vec<(String, Vec<u8>)> = example_files()
         .iter()
         .map(|(path, text)| (path.clone(), text.clone().into_bytes()))

@@ -41,6 +41,7 @@ impl ContentId {
         ContentId(bytes)
     }
 
+    /// The id's 20 raw bytes.
     pub fn as_bytes(&self) -> &[u8; 20] {
         &self.0
     }
@@ -87,14 +88,17 @@ pub struct Known {
 }
 
 impl Known {
+    /// The id of the bytes.
     pub fn id(&self) -> ContentId {
         self.id
     }
 
+    /// The number of bytes, so a source can apply the size limit without reading them.
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
 
+    /// Whether the content is empty.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
@@ -207,6 +211,7 @@ impl Cache {
         })
     }
 
+    /// What the cache holds now and has done since it was created.
     pub fn stats(&self) -> Stats {
         Stats {
             decoded: self.decoded,

@@ -1,13 +1,15 @@
 //! Property tests: whatever the bytes or documents in a fleet folder, loading and validating
-//! never panics, and every diagnostic points inside its file.
+//! never panics, and every diagnostic points inside its file; and validating a sequence of
+//! fleets through one cache gives what validating each alone gives.
 //!
 //! CI runs proptest's default number of cases; `PROPTEST_CASES=1000000 cargo test --release
 //! --test properties` is the long run.
 
 use proptest::prelude::*;
 use wakafleet::{
+    diag::render::{self, Color},
     load::{Content, Input, Limits},
-    validate,
+    source, validate,
 };
 
 /// Paths in every fleet folder, in both syntaxes.
@@ -337,6 +339,67 @@ proptest! {
             (path.clone(), bytes)
         }).collect();
         check(files);
+    }
+
+    #[test]
+    fn validating_through_a_cache_gives_what_check_gives(
+        versions in prop::collection::vec(prop::collection::vec(
+            (0usize..1000, prop::option::of((0usize..4096, any::<u8>())), prop::option::weighted(0.2, 0usize..100)),
+            0..6), 1..5)
+    ) {
+        check_through_one_cache(versions.iter().map(|picks| example_version(picks)).collect());
+    }
+}
+
+/// A change to the example fleet: which file, a byte to write where, and an index of `PATHS`
+/// to move the file to.
+type Pick = (usize, Option<(usize, u8)>, Option<usize>);
+
+/// The example fleet with, for each pick, one file edited (a byte replaced or inserted)
+/// and/or moved to one of `PATHS`.
+fn example_version(picks: &[Pick]) -> Vec<Input> {
+    let mut files: Vec<(String, Vec<u8>)> = example_files()
+        .iter()
+        .map(|(path, text)| (path.clone(), text.clone().into_bytes()))
+        .collect();
+    for &(which, edit, moved) in picks {
+        let index = which % files.len();
+        let (path, bytes) = &mut files[index];
+        if let Some((at, byte)) = edit {
+            let at = at % (bytes.len() + 1);
+            if at < bytes.len() && byte % 2 == 0 {
+                bytes[at] = byte;
+            } else {
+                bytes.insert(at, byte);
+            }
+        }
+        if let Some(moved) = moved {
+            *path = PATHS[moved % PATHS.len()].to_string();
+        }
+    }
+    files
+        .into_iter()
+        .map(|(path, bytes)| Input {
+            path,
+            content: Content::Bytes(bytes),
+        })
+        .collect()
+}
+
+/// Validates each version through one cache and alone, and compares what they give.
+fn check_through_one_cache(versions: Vec<Vec<Input>>) {
+    let limits = Limits::default();
+    let mut cache = validate::Cache::default();
+    for inputs in versions {
+        let cached = validate::check_cached(source::identify(inputs.clone()), &limits, &mut cache);
+        let plain = validate::check(inputs, &limits);
+        // `Spanned` compares values only; the debug form shows the spans too.
+        assert_eq!(format!("{:?}", cached.fleet), format!("{:?}", plain.fleet));
+        assert_eq!(cached.diagnostics, plain.diagnostics);
+        assert_eq!(
+            render::text(&cached.diagnostics, &cached.sources, Color::Never),
+            render::text(&plain.diagnostics, &plain.sources, Color::Never)
+        );
     }
 }
 

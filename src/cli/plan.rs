@@ -7,10 +7,10 @@ use chrono::{DateTime, Utc};
 
 use wakafleet::{
     diag::render as diag_render,
-    load::{Input, Limits},
+    load::Limits,
     plan::{self, render::Commits},
     source,
-    validate::{self, Validation},
+    validate::{self, Cache, CachedInput, Validation},
 };
 
 use crate::cli::{self, store::StoreArgs};
@@ -57,26 +57,40 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
         })
 }
 
-/// Reads the fleet at PATH, from the work tree or from a commit.
+/// Reads the fleet at PATH, from the work tree or from a commit; blobs `cache` holds are
+/// not read again. The work tree's files are identified (hashed) only when a base will be
+/// read after them, as nothing else could reuse them.
 fn read(
     args: &Args,
     rev: Option<&str>,
     limits: &Limits,
-) -> Result<(Vec<Input>, Option<String>), cli::Error> {
+    cache: &Cache,
+) -> Result<(Vec<CachedInput>, Option<String>), cli::Error> {
     match rev {
         Some(rev) => {
-            let snapshot = source::read_commit(&args.path, rev, limits)?;
+            let snapshot = source::read_commit_cached(&args.path, rev, limits, cache)?;
             Ok((snapshot.inputs, Some(snapshot.commit)))
         }
-        None => Ok((source::read_folder(&args.path, limits)?, None)),
+        None => {
+            let inputs = source::read_folder(&args.path, limits)?;
+            Ok(match args.base {
+                Some(_) => (source::identify(inputs), None),
+                None => (
+                    inputs.into_iter().map(CachedInput::uncached).collect(),
+                    None,
+                ),
+            })
+        }
     }
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
     let limits = Limits::default();
     let at = args.at.unwrap_or_else(Utc::now);
-    let (inputs, head_commit) = read(args, args.head.as_deref(), &limits)?;
-    let mut head = validate::check(inputs, &limits);
+    // One cache for head and base: the base decodes only the files the head changed.
+    let mut cache = Cache::default();
+    let (inputs, head_commit) = read(args, args.head.as_deref(), &limits, &cache)?;
+    let mut head = validate::check_cached(inputs, &limits, &mut cache);
     let Some(desired) = head.take_valid() else {
         print_diagnostics(&head, args.format)?;
         return Ok(ExitCode::FAILURE);
@@ -84,8 +98,8 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
 
     let (actual, base_commit) = match (&args.base, &args.state) {
         (Some(rev), _) => {
-            let (inputs, commit) = read(args, Some(rev), &limits)?;
-            let mut base = validate::check(inputs, &limits);
+            let (inputs, commit) = read(args, Some(rev), &limits, &cache)?;
+            let mut base = validate::check_cached(inputs, &limits, &mut cache);
             let Some(base_fleet) = base.take_valid() else {
                 print_diagnostics(&base, args.format)?;
                 return Err(format!(

@@ -6,15 +6,17 @@ use git2::{ObjectType, Oid, Repository, Tree};
 
 use crate::{
     load::{Content, Input, Kind, Limits},
-    source::Error,
+    source::{Error, content_id},
+    validate::{Cache, CachedContent, CachedInput},
 };
 
-/// The fleet files of one commit.
+/// The fleet files of one commit: [`Input`]s from [`read_commit`], [`CachedInput`]s from
+/// [`read_commit_cached`].
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct Snapshot<I = Input> {
     /// The full hash of the commit read.
     pub commit: String,
-    pub inputs: Vec<Input>,
+    pub inputs: Vec<I>,
 }
 
 /// Reads the fleet folder `path` as it is in commit `rev` of the repository that holds it.
@@ -25,6 +27,31 @@ pub struct Snapshot {
 /// # Errors
 /// When no repository holds `path`, `rev` names no commit, or the commit has no such folder.
 pub fn read_commit(path: &Path, rev: &str, limits: &Limits) -> Result<Snapshot, Error> {
+    let snapshot = read_commit_cached(path, rev, limits, &Cache::default())?;
+    Ok(Snapshot {
+        commit: snapshot.commit,
+        inputs: snapshot
+            .inputs
+            .into_iter()
+            .map(CachedInput::into_input)
+            .collect(),
+    })
+}
+
+/// Reads the fleet folder `path` as it is in commit `rev`, as [`read_commit`] does, but
+/// leaves unread the blobs whose bytes `cache` holds: those come back as
+/// [`CachedContent::Known`], the others as [`CachedContent::Read`] with their blob id.
+/// Every fleet file's path is listed either way; hand the snapshot's inputs to
+/// [`crate::validate::check_cached`] with the same cache.
+///
+/// # Errors
+/// As [`read_commit`].
+pub fn read_commit_cached(
+    path: &Path,
+    rev: &str,
+    limits: &Limits,
+    cache: &Cache,
+) -> Result<Snapshot<CachedInput>, Error> {
     let repository = Repository::discover(path).map_err(|source| Error::NoRepository {
         path: path.to_path_buf(),
         source,
@@ -63,7 +90,7 @@ pub fn read_commit(path: &Path, rev: &str, limits: &Limits) -> Result<Snapshot, 
         entries: Vec::new(),
     };
     walker.walk(&tree, "")?;
-    let inputs = read_blobs(&repository, &walker.entries, limits)?;
+    let inputs = read_blobs(&repository, walker.entries, limits, cache)?;
     Ok(Snapshot {
         commit: commit_id,
         inputs,
@@ -145,58 +172,85 @@ impl Walker<'_> {
 /// Blobs per thread below which a second thread costs more than it saves.
 const BLOBS_PER_THREAD: usize = 1024;
 
-/// Reads the blobs of the found files, on several threads when there are many (each opens
-/// the repository itself: a `Repository` is not shared between threads).
+/// Reads the blobs of the found files that the cache does not hold, on several threads when
+/// there are many (each opens the repository itself: a `Repository` is not shared between
+/// threads).
 fn read_blobs(
     repository: &Repository,
-    entries: &[(String, Found)],
+    entries: Vec<(String, Found)>,
     limits: &Limits,
-) -> Result<Vec<Input>, Error> {
+    cache: &Cache,
+) -> Result<Vec<CachedInput>, Error> {
+    let mut contents: Vec<Option<CachedContent>> = Vec::with_capacity(entries.len());
+    let mut unread: Vec<(usize, &str, Oid)> = Vec::new();
+    for (index, (path, found)) in entries.iter().enumerate() {
+        let content = match found {
+            Found::Blob(oid) => match cache.known(&content_id(*oid)) {
+                // Only when the limit changed since the cache got the bytes.
+                Some(known) if known.len() as u64 > limits.max_file_bytes => {
+                    Some(CachedContent::Other(Content::TooLarge {
+                        size: known.len() as u64,
+                    }))
+                }
+                Some(known) => Some(CachedContent::Known(known)),
+                None => {
+                    unread.push((index, path, *oid));
+                    None
+                }
+            },
+            Found::Other(content) => Some(CachedContent::Other(content.clone())),
+        };
+        contents.push(content);
+    }
     let path = repository.path();
-    let results = crate::parallel::map_chunks(entries, BLOBS_PER_THREAD, |chunk| {
+    let results = crate::parallel::map_chunks(&unread, BLOBS_PER_THREAD, |chunk| {
         let repository = Repository::open(path).map_err(|source| Error::Git {
             what: "the repository".to_string(),
             source,
         })?;
         read_chunk(&repository, chunk, limits)
     });
-    let mut inputs = Vec::with_capacity(entries.len());
+    let mut read = unread.iter().map(|(index, _, _)| *index);
     for result in results {
-        inputs.extend(result?);
+        for content in result? {
+            let index = read.next().expect("one content is read per unread blob");
+            contents[index] = Some(content);
+        }
     }
-    Ok(inputs)
+    Ok(entries
+        .into_iter()
+        .zip(contents)
+        .map(|((path, _), content)| CachedInput {
+            path,
+            content: content.expect("every blob is either known or read"),
+        })
+        .collect())
 }
 
 fn read_chunk(
     repository: &Repository,
-    entries: &[(String, Found)],
+    blobs: &[(usize, &str, Oid)],
     limits: &Limits,
-) -> Result<Vec<Input>, Error> {
+) -> Result<Vec<CachedContent>, Error> {
     let odb = repository.odb().map_err(|source| Error::Git {
         what: "the object database".to_string(),
         source,
     })?;
-    let mut inputs = Vec::with_capacity(entries.len());
-    for (path, found) in entries {
-        let content = match found {
-            Found::Blob(id) => {
-                let object = odb.read(*id).map_err(|source| Error::Git {
-                    what: path.clone(),
-                    source,
-                })?;
-                let size = object.len() as u64;
-                if size > limits.max_file_bytes {
-                    Content::TooLarge { size }
-                } else {
-                    Content::Bytes(object.data().to_vec())
-                }
+    let mut contents = Vec::with_capacity(blobs.len());
+    for &(_, path, oid) in blobs {
+        let object = odb.read(oid).map_err(|source| Error::Git {
+            what: path.to_string(),
+            source,
+        })?;
+        let size = object.len() as u64;
+        contents.push(if size > limits.max_file_bytes {
+            CachedContent::Other(Content::TooLarge { size })
+        } else {
+            CachedContent::Read {
+                id: content_id(oid),
+                bytes: object.data().to_vec(),
             }
-            Found::Other(content) => content.clone(),
-        };
-        inputs.push(Input {
-            path: path.clone(),
-            content,
         });
     }
-    Ok(inputs)
+    Ok(contents)
 }

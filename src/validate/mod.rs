@@ -6,6 +6,7 @@
 //! capacity, and the scan for secrets written into the repository. It never stops at the
 //! first problem and never fails: it returns what it could build and all it found.
 
+mod cache;
 mod decode;
 mod entities;
 mod secrets;
@@ -22,8 +23,10 @@ use crate::{
     parallel,
 };
 
+use cache::{Decoding, Key};
 use decode::Ctx;
 
+pub use cache::{Cache, CachedContent, CachedInput, ContentId, Known, Stats};
 pub use entities::is_dns_label;
 
 /// The outcome of validating a fleet: the files, what could be built, and every problem.
@@ -68,9 +71,23 @@ impl Validation {
 /// Files are parsed and decoded on several threads when there are many; the result does
 /// not depend on how many.
 pub fn check(inputs: Vec<Input>, limits: &Limits) -> Validation {
+    let inputs = inputs.into_iter().map(CachedInput::uncached).collect();
+    check_cached(inputs, limits, &mut Cache::default())
+}
+
+/// Validates the files of one fleet as [`check`] does, reusing what `cache` remembers of
+/// files decoded before and remembering what it decodes now.
+///
+/// The result equals what [`check`] returns for the same files, spans included: only the
+/// parsing and decoding of files whose content, kind and syntax the cache knows is skipped;
+/// the rules across files run as always. Afterwards the cache holds what this validation
+/// and the one before it used, and nothing else (see [`Cache`]).
+pub fn check_cached(inputs: Vec<CachedInput>, limits: &Limits, cache: &mut Cache) -> Validation {
+    let (inputs, ids) = cache.begin(inputs, limits);
     let mut loaded = load::read(inputs, limits);
     let mut ctx = Ctx::new(std::mem::take(&mut loaded.diagnostics));
-    let decoded = decode_all(&loaded, limits, &mut ctx);
+    let decoded = decode_all(&loaded, &ids, limits, cache, &mut ctx);
+    cache.finish();
     let fleet = file_entities(decoded, &loaded.sources, &mut ctx);
     cross_check(&fleet, &mut ctx);
     let mut diagnostics = ctx.diagnostics;
@@ -96,6 +113,7 @@ pub(crate) fn check_texts(files: Vec<(String, String)>) -> Validation {
 }
 
 /// What one file holds, once decoded.
+#[derive(Clone, Debug)]
 enum Entity {
     Settings(Settings),
     Partner(Partner),
@@ -109,49 +127,128 @@ enum Entity {
 /// Files per thread below which a second thread costs more than it saves.
 const FILES_PER_THREAD: usize = 512;
 
-/// Parses, scans and decodes every file, on several threads for large fleets; the entities
-/// come back in file order.
-fn decode_all(loaded: &Loaded, limits: &Limits, ctx: &mut Ctx) -> Vec<(FileId, Entity)> {
-    let results = parallel::map_chunks(&loaded.files, FILES_PER_THREAD, |files| {
-        let mut ctx = Ctx::new(Vec::new());
-        let entities = decode_files(loaded, files, limits, &mut ctx);
-        (entities, ctx.diagnostics)
-    });
-    let mut entities = Vec::with_capacity(loaded.files.len());
-    for (chunk_entities, diagnostics) in results {
-        entities.extend(chunk_entities);
-        ctx.diagnostics.extend(diagnostics);
+/// Decodings per thread below which a second thread copying them out of the cache costs
+/// more than it saves.
+const REUSES_PER_THREAD: usize = 2048;
+
+/// Parses, scans and decodes every file the cache does not know, on several threads for
+/// large fleets, and takes the others' decodings from the cache; the entities and the
+/// files' diagnostics come in file order, whichever way each was obtained.
+fn decode_all(
+    loaded: &Loaded,
+    ids: &HashMap<String, ContentId>,
+    limits: &Limits,
+    cache: &mut Cache,
+    ctx: &mut Ctx,
+) -> Vec<(FileId, Entity)> {
+    let keys: Vec<Option<Key>> = loaded
+        .files
+        .iter()
+        .map(|&(file, kind, format)| {
+            let id = ids.get(loaded.sources.path(file))?;
+            Some(Key::new(*id, kind, format))
+        })
+        .collect();
+    let wanted: Vec<((FileId, Kind, Format), Option<Key>)> =
+        loaded.files.iter().copied().zip(keys).collect();
+
+    // Decodings the cache has, moved to the files' ids in this validation.
+    let cached: &Cache = cache;
+    let reused: Vec<Option<Decoding>> = parallel::map_chunks(&wanted, REUSES_PER_THREAD, |files| {
+        files
+            .iter()
+            .map(|&((file, _, _), key)| cached.get(&key?, file))
+            .collect::<Vec<_>>()
+    })
+    .concat();
+
+    // The other files, decoded now.
+    let missing: Vec<(FileId, Kind, Format)> = wanted
+        .iter()
+        .zip(&reused)
+        .filter(|(_, reused)| reused.is_none())
+        .map(|((file, _), _)| *file)
+        .collect();
+    let made: Vec<Decoding> = parallel::map_chunks(&missing, FILES_PER_THREAD, |files| {
+        decode_files(&loaded.sources, files, limits)
+    })
+    .concat();
+
+    // Both, in file order.
+    let decoded = made.len();
+    let mut made = made.into_iter();
+    let mut reused_keys = Vec::new();
+    let mut new_decodings = Vec::new();
+    let mut entities = Vec::with_capacity(wanted.len());
+    for ((_, key), reused) in wanted.into_iter().zip(reused) {
+        let decoding = match reused {
+            Some(decoding) => {
+                reused_keys.extend(key);
+                decoding
+            }
+            None => {
+                let decoding = made
+                    .next()
+                    .expect("one decoding was made for each file the cache did not have");
+                if let Some(key) = key {
+                    new_decodings.push((key, decoding.clone()));
+                }
+                decoding
+            }
+        };
+        ctx.diagnostics.extend(decoding.diagnostics);
+        entities.extend(decoding.entity.map(|entity| (decoding.file, entity)));
     }
+    cache.record(&reused_keys, decoded, new_decodings);
     entities
 }
 
+/// Parses, scans and decodes files one after the other.
 fn decode_files(
-    loaded: &Loaded,
+    sources: &SourceMap,
     files: &[(FileId, Kind, Format)],
     limits: &Limits,
-    ctx: &mut Ctx,
-) -> Vec<(FileId, Entity)> {
-    let mut entities = Vec::with_capacity(files.len());
-    for &(file, kind, format) in files {
-        let root = match load::parse_file(&loaded.sources, file, format, limits) {
-            Ok(root) => root,
-            Err(diagnostic) => {
-                ctx.push(diagnostic);
-                continue;
+) -> Vec<Decoding> {
+    // One context for all, so the cron schedules parsed are shared.
+    let mut ctx = Ctx::new(Vec::new());
+    files
+        .iter()
+        .map(|&(file, kind, format)| {
+            let entity = decode_file(sources, file, kind, format, limits, &mut ctx);
+            Decoding {
+                file,
+                entity,
+                diagnostics: std::mem::take(&mut ctx.diagnostics),
             }
-        };
-        secrets::scan(&root, ctx);
-        let entity = match kind {
-            Kind::Fleet => entities::settings(ctx, &root).map(Entity::Settings),
-            Kind::Partner => entities::partner(ctx, &root).map(Entity::Partner),
-            Kind::Tenant => entities::tenant(ctx, &root).map(Entity::Tenant),
-            Kind::Channel => entities::channel(ctx, &root).map(Entity::Channel),
-            Kind::Release => entities::release(ctx, &root).map(Entity::Release),
-            Kind::Instance => entities::instance(ctx, &root).map(|i| Entity::Instance(Box::new(i))),
-        };
-        entities.extend(entity.map(|entity| (file, entity)));
+        })
+        .collect()
+}
+
+/// Parses, scans and decodes one file; its problems go to `ctx`.
+fn decode_file(
+    sources: &SourceMap,
+    file: FileId,
+    kind: Kind,
+    format: Format,
+    limits: &Limits,
+    ctx: &mut Ctx,
+) -> Option<Entity> {
+    let root = match load::parse_file(sources, file, format, limits) {
+        Ok(root) => root,
+        Err(diagnostic) => {
+            ctx.push(diagnostic);
+            return None;
+        }
+    };
+    secrets::scan(&root, ctx);
+    match kind {
+        Kind::Fleet => entities::settings(ctx, &root).map(Entity::Settings),
+        Kind::Partner => entities::partner(ctx, &root).map(Entity::Partner),
+        Kind::Tenant => entities::tenant(ctx, &root).map(Entity::Tenant),
+        Kind::Channel => entities::channel(ctx, &root).map(Entity::Channel),
+        Kind::Release => entities::release(ctx, &root).map(Entity::Release),
+        Kind::Instance => entities::instance(ctx, &root).map(|i| Entity::Instance(Box::new(i))),
     }
-    entities
 }
 
 /// Files each entity under its id, reporting names that differ from their file and ids
@@ -532,13 +629,17 @@ mod tests {
         let limits = Limits::default();
         let loaded = load::read(partners(1_000), &limits);
         let results = parallel::map_chunks_on(threads, &loaded.files, |files| {
-            let mut ctx = Ctx::new(Vec::new());
-            let entities = decode_files(&loaded, files, &limits, &mut ctx);
-            let paths: Vec<String> = entities
+            let decodings = decode_files(&loaded.sources, files, &limits);
+            let paths: Vec<String> = decodings
                 .iter()
-                .map(|(file, _)| loaded.sources.path(*file).to_string())
+                .filter(|decoding| decoding.entity.is_some())
+                .map(|decoding| loaded.sources.path(decoding.file).to_string())
                 .collect();
-            (paths, ctx.diagnostics)
+            let diagnostics: Vec<Diagnostic> = decodings
+                .into_iter()
+                .flat_map(|decoding| decoding.diagnostics)
+                .collect();
+            (paths, diagnostics)
         });
         let (paths, diagnostics): (Vec<_>, Vec<_>) = results.into_iter().unzip();
         (paths.concat(), diagnostics.concat())

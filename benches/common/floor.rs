@@ -196,4 +196,3 @@ pub fn cores_busy(before: (u64, u64), after: (u64, u64), cores: f64) -> f64 {
     }
     (after.0 - before.0) as f64 / total * cores
 }
-

@@ -37,7 +37,6 @@ use wakafleet::{
     store::jobs::JobKind,
 };
 
-
 struct Settings {
     instances: usize,
     rounds: usize,

@@ -169,8 +169,11 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
     };
     let drivers_of = || -> Result<_, cli::Error> {
         let head = source.head(&limits)?;
-        let revision = source.read(&head, &limits)?;
-        let settings = validate::check(revision.inputs, &limits).fleet.settings;
+        let mut cache = validate::Cache::default();
+        let revision = source.read(&head, &limits, &cache)?;
+        let settings = validate::check_cached(revision.inputs, &limits, &mut cache)
+            .fleet
+            .settings;
         cli::worker::drivers_of(&settings, &[], &driver_options, &source.describe())
     };
     let observers = drivers_of()?;

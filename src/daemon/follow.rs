@@ -23,9 +23,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::{
-    load::{Content, Input, Limits},
+    load::Limits,
     secret::redact_url,
     source::{self, CommitInfo},
+    validate::{Cache, CachedContent, CachedInput},
 };
 
 /// A source of desired state.
@@ -48,7 +49,8 @@ pub enum Source {
 pub struct Revision {
     /// A commit's hash, or `folder:<sha256 of the files>` for a folder.
     pub id: String,
-    pub inputs: Vec<Input>,
+    /// The files, those the cache knows left unread.
+    pub inputs: Vec<CachedInput>,
     /// The commit, for a git source.
     pub commit: Option<CommitInfo>,
 }
@@ -242,7 +244,9 @@ impl Source {
                     .map_err(failed)?;
                 Ok(commit.id().to_string())
             }
-            Source::Folder { folder } => Ok(digest(&source::read_folder(folder, limits)?)),
+            Source::Folder { folder } => Ok(digest(&source::identify(source::read_folder(
+                folder, limits,
+            )?))),
         }
     }
 
@@ -262,14 +266,14 @@ impl Source {
         }
     }
 
-    /// Reads revision `id`.
+    /// Reads revision `id`, leaving unread the files of a commit whose blobs `cache` knows.
     ///
     /// # Errors
     /// When the commit or the folder cannot be read.
-    pub fn read(&self, id: &str, limits: &Limits) -> Result<Revision, Error> {
+    pub fn read(&self, id: &str, limits: &Limits, cache: &Cache) -> Result<Revision, Error> {
         match self {
             Source::Git { folder, .. } => {
-                let snapshot = source::read_commit(folder, id, limits)?;
+                let snapshot = source::read_commit_cached(folder, id, limits, cache)?;
                 let commit = source::commit_info(folder, &snapshot.commit)?;
                 Ok(Revision {
                     id: snapshot.commit,
@@ -278,7 +282,7 @@ impl Source {
                 })
             }
             Source::Folder { folder } => {
-                let inputs = source::read_folder(folder, limits)?;
+                let inputs = source::identify(source::read_folder(folder, limits)?);
                 Ok(Revision {
                     id: digest(&inputs),
                     inputs,
@@ -354,18 +358,16 @@ impl Source {
 }
 
 /// The identity of a folder's content: `folder:` and the SHA-256 of its files' paths and
-/// bytes, in the order read (sorted by path).
-fn digest(inputs: &[Input]) -> String {
+/// blob ids, in the order read (sorted by path).
+fn digest(inputs: &[CachedInput]) -> String {
     let mut hasher = Sha256::new();
     for input in inputs {
         hasher.update(input.path.as_bytes());
         hasher.update([0]);
         match &input.content {
-            Content::Bytes(bytes) => {
-                hasher.update((bytes.len() as u64).to_le_bytes());
-                hasher.update(bytes);
-            }
-            other => hasher.update(format!("{other:?}").as_bytes()),
+            CachedContent::Read { id, .. } => hasher.update(id.as_bytes()),
+            CachedContent::Known(known) => hasher.update(known.id().as_bytes()),
+            CachedContent::Other(other) => hasher.update(format!("{other:?}").as_bytes()),
         }
     }
     format!("folder:{}", hex::encode(&hasher.finalize()[..16]))

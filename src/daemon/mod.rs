@@ -155,6 +155,8 @@ impl Daemon {
             options,
             job_ended,
             changed,
+            cache: Arc::default(),
+            memo: tokio::sync::Mutex::default(),
         };
         loop {
             let Some(term) = elector.acquire(&store, &stop).await? else {
@@ -203,6 +205,10 @@ struct Leader {
     options: Options,
     job_ended: Arc<Notify>,
     changed: Arc<Notify>,
+    /// Every file decoded once per blob: a commit that changes one file decodes one.
+    cache: Arc<std::sync::Mutex<validate::Cache>>,
+    /// What the last pass read and found, for the next.
+    memo: tokio::sync::Mutex<reconcile::Memo>,
 }
 
 impl Leader {
@@ -276,7 +282,7 @@ impl Leader {
     /// first, and the first acceptable one is put in force.
     async fn look(&self, term: &Term, seen: &mut Seen) -> bool {
         let source = Arc::clone(&self.source);
-        let limits = self.options.limits.clone();
+        let limits = self.options.limits;
         let head = match tokio::task::spawn_blocking(move || source.head(&limits)).await {
             Ok(Ok(head)) => head,
             Ok(Err(error)) => {
@@ -335,10 +341,18 @@ impl Leader {
     /// required); either way records and audits what was seen.
     async fn accept(&self, term: &Term, id: &str) -> Result<Desired, Refused> {
         let source = Arc::clone(&self.source);
-        let (limits, rev) = (self.options.limits.clone(), id.to_string());
+        let (limits, rev) = (self.options.limits, id.to_string());
+        let cache = Arc::clone(&self.cache);
         let read = tokio::task::spawn_blocking(move || {
-            let revision = source.read(&rev, &limits)?;
-            let validation = validate::check(revision.inputs.clone(), &limits);
+            // A poisoned cache (a panic while validating) is only a cache: start afresh.
+            let mut cache = cache.lock().unwrap_or_else(|poisoned| {
+                let mut cache = poisoned.into_inner();
+                *cache = validate::Cache::default();
+                cache
+            });
+            let mut revision = source.read(&rev, &limits, &cache)?;
+            let inputs = std::mem::take(&mut revision.inputs);
+            let validation = validate::check_cached(inputs, &limits, &mut cache);
             Ok::<_, follow::Error>((revision, validation))
         })
         .await;
@@ -507,8 +521,9 @@ impl Leader {
             };
             let now = Utc::now();
             let span = tracing::info_span!("reconcile", revision = %desired.revision, observe);
+            let mut memo = self.memo.lock().await;
             let outcome = match tracing::Instrument::instrument(
-                reconcile::reconcile(&ctx, desired, now),
+                reconcile::reconcile(&ctx, desired, now, &mut memo),
                 span,
             )
             .await

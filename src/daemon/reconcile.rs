@@ -67,8 +67,21 @@ pub struct Desired {
     pub approver: Actor,
 }
 
+/// What a pass keeps for the next: the recorded state it read, and whether it was quiet.
+///
+/// A pass re-reads the store's state only when its generation moved. A pass may skip the
+/// plan altogether and repeat the last quiet outcome (no ready work, no job, no entity
+/// change, nothing drifted) when the revision and the state are the same and no deferred
+/// window has opened since: the plan depends on the time only through windows, and a window
+/// that closes turns nothing ready.
+#[derive(Default)]
+pub struct Memo {
+    actual: Option<(store::daemon_state::Generation, Actual)>,
+    quiet: Option<(String, store::daemon_state::Generation, Outcome)>,
+}
+
 /// What a pass found and did.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Outcome {
     /// The plan the pass acted on, observation included.
     pub plan: Plan,
@@ -123,9 +136,14 @@ pub async fn reconcile(
     ctx: &Context,
     desired: &Desired,
     now: DateTime<Utc>,
+    memo: &mut Memo,
 ) -> Result<Outcome, Error> {
     let fleet = desired.fleet.fleet();
-    let mut actual = ctx.store.actual().await?;
+    let generation = ctx.store.generation().await?;
+    let mut actual = match memo.actual.take() {
+        Some((read_at, actual)) if read_at == generation => actual,
+        _ => ctx.store.actual().await?,
+    };
     let mut busy: BTreeMap<String, Job> = ctx
         .store
         .active_jobs()
@@ -136,7 +154,22 @@ pub async fn reconcile(
     if !ctx.drivers.is_empty() {
         actual.drift = observe(ctx, fleet, &actual, &busy, now).await?;
     }
+    let drifted = !actual.drift.is_empty();
+    let unchanged = memo.quiet.as_ref().filter(|(revision, quiet_at, outcome)| {
+        revision == &desired.revision
+            && *quiet_at == generation
+            && busy.is_empty()
+            && !drifted
+            && outcome.wake_at.is_none_or(|at| now < at)
+    });
+    if let Some((_, _, outcome)) = unchanged {
+        let outcome = outcome.clone();
+        memo.actual = Some((generation, actual));
+        return Ok(outcome);
+    }
     let plan = plan::compute(&desired.fleet, &desired.sources, &actual, now);
+    // Observation's findings are this pass's; what is kept is the record.
+    actual.drift.clear();
     let entities = record_entities(ctx, desired, &plan, &actual, now).await?;
 
     let mut outcome = Outcome {
@@ -220,6 +253,18 @@ pub async fn reconcile(
     }
     outcome.busy = busy;
     outcome.plan = plan;
+    let quiet = outcome.enqueued.is_empty()
+        && outcome.entities == 0
+        && outcome.busy.is_empty()
+        && !drifted
+        && outcome.ready_instance_actions() == 0;
+    // A pass that wrote moved the generation: the next reads the state again.
+    let after = ctx.store.generation().await?;
+    memo.quiet = (quiet && after == generation)
+        .then(|| (desired.revision.clone(), generation, outcome.clone()));
+    if after == generation {
+        memo.actual = Some((generation, actual));
+    }
     Ok(outcome)
 }
 

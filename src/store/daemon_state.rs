@@ -51,3 +51,34 @@ impl Store {
         Ok(Some((value, time(row.try_get(1)?)?)))
     }
 }
+
+/// What the recorded actual state is at: it changes whenever an instance or an entity is
+/// recorded, changed or forgotten, so a daemon may keep the state it read while this stays
+/// the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Generation {
+    instances: (i64, i64),
+    entities: (i64, i64),
+}
+
+impl Store {
+    /// The generation of the recorded actual state: the count and newest change of the
+    /// instances and of the entities (cheap: two aggregates, no rows read out).
+    pub async fn generation(&self) -> Result<Generation, Error> {
+        let row = self
+            .retrying(|| {
+                sqlx::query(
+                    "SELECT (SELECT COUNT(*) FROM instances), \
+                     (SELECT COALESCE(MAX(updated_at_us), 0) FROM instances), \
+                     (SELECT COUNT(*) FROM entities), \
+                     (SELECT COALESCE(MAX(updated_at_us), 0) FROM entities)",
+                )
+                .fetch_one(self.pool())
+            })
+            .await?;
+        Ok(Generation {
+            instances: (row.try_get(0)?, row.try_get(1)?),
+            entities: (row.try_get(2)?, row.try_get(3)?),
+        })
+    }
+}

@@ -433,22 +433,18 @@ pub fn job_for(
                 },
             )
         }
-        Kind::Suspend => {
+        Kind::Suspend | Kind::Terminate => {
             // A new instance that is to be suspended is provisioned first.
-            let deployed = deployed()?;
-            let spec = ActualInstance {
-                state: RunState::Suspended,
-                ..deployed
+            let (kind, state) = if action.kind == Kind::Suspend {
+                (JobKind::Suspend, RunState::Suspended)
+            } else {
+                (JobKind::Terminate, RunState::Terminated)
             };
-            (JobKind::Suspend, None, None, spec)
-        }
-        Kind::Terminate => {
-            let deployed = deployed()?;
             let spec = ActualInstance {
-                state: RunState::Terminated,
-                ..deployed
+                state,
+                ..deployed()?
             };
-            (JobKind::Terminate, None, None, spec)
+            (kind, None, None, spec)
         }
         Kind::Create | Kind::Update | Kind::Delete | Kind::Orphaned => {
             return Err(format!(

@@ -52,18 +52,21 @@ use wakafleet::{
 struct Settings {
     part: Option<String>,
     rounds: usize,
+    instances: usize,
 }
 
 fn settings() -> Settings {
     let mut settings = Settings {
         part: None,
         rounds: 0,
+        instances: FIFTY,
     };
     let args: Vec<String> = std::env::args().collect();
     for pair in args.windows(2) {
         match pair[0].as_str() {
             "--part" => settings.part = Some(pair[1].clone()),
             "--rounds" => settings.rounds = pair[1].parse().expect("a number"),
+            "--instances" => settings.instances = pair[1].parse().expect("a number"),
             _ => {}
         }
     }
@@ -83,7 +86,7 @@ fn main() {
         } else {
             settings.rounds
         };
-        runtime.block_on(fifty(rounds));
+        runtime.block_on(fifty(rounds, settings.instances));
     }
     if settings.part.as_deref() != Some("fifty") {
         let rounds = if settings.rounds == 0 {
@@ -153,7 +156,9 @@ fn fifty_fleet(root: &Path, names: &[String]) {
         .expect("a commit");
 }
 
-async fn fifty(rounds: usize) {
+/// `count` new instances (50 by default; a network each, so Docker's default address pools,
+/// about 30 bridge networks, cap what one engine holds unless `default-address-pools` is set).
+async fn fifty(rounds: usize, count: usize) {
     build_image();
     let postgres = Postgres::start();
     let admin = sqlx::PgPool::connect(&postgres.admin_url("postgres"))
@@ -162,9 +167,9 @@ async fn fifty(rounds: usize) {
     let docker = Docker::connect_with_socket_defaults().expect("the engine");
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let labels = HashMap::from([(LABEL.to_string(), run_id.clone())]);
-    let names: Vec<String> = (0..FIFTY).map(|n| format!("dbench-{n:02}")).collect();
+    let names: Vec<String> = (0..count).map(|n| format!("dbench-{n:02}")).collect();
     println!(
-        "fifty: {FIFTY} new instances of {IMAGE}, four at a time, {rounds} rounds after 1 warmup, alternating"
+        "fifty: {count} new instances of {IMAGE}, four at a time, {rounds} rounds after 1 warmup, alternating"
     );
     let (mut floors, mut daemons) = (Vec::new(), Vec::new());
     for round in 0..=rounds {
@@ -221,8 +226,8 @@ async fn fifty(rounds: usize) {
     println!(
         "commit to converged / floor: {:.2} (goal <= 1.3); per instance: floor {:.0} ms, daemon {:.0} ms",
         daemon / floor,
-        floor / FIFTY as f64,
-        daemon / FIFTY as f64
+        floor / count as f64,
+        daemon / count as f64
     );
 }
 

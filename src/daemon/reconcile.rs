@@ -164,12 +164,11 @@ pub async fn reconcile(
     });
     if let Some((_, _, outcome)) = unchanged {
         let outcome = outcome.clone();
+        actual.drift.clear();
         memo.actual = Some((generation, actual));
         return Ok(outcome);
     }
     let plan = plan::compute(&desired.fleet, &desired.sources, &actual, now);
-    // Observation's findings are this pass's; what is kept is the record.
-    actual.drift.clear();
     let entities = record_entities(ctx, desired, &plan, &actual, now).await?;
 
     let mut outcome = Outcome {
@@ -263,6 +262,8 @@ pub async fn reconcile(
     memo.quiet = (quiet && after == generation)
         .then(|| (desired.revision.clone(), generation, outcome.clone()));
     if after == generation {
+        // Observation's findings are this pass's; what is kept is the record.
+        actual.drift.clear();
         memo.actual = Some((generation, actual));
     }
     Ok(outcome)

@@ -18,4 +18,6 @@ pub mod queue;
 pub mod image;
 pub mod driver;
 pub mod jobs;
+pub mod metrics;
 pub mod daemon;
+pub mod http;

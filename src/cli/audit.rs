@@ -236,42 +236,8 @@ async fn verify(args: &VerifyArgs) -> Result<ExitCode, cli::Error> {
     })
 }
 
-/// One exported record: the columns, with the body's fields in place of the body.
-#[derive(Serialize)]
-struct ExportRecord<'a> {
-    seq: i64,
-    id: &'a str,
-    at: String,
-    actor: &'a wakafleet::store::audit::Actor,
-    action: &'a str,
-    resource: &'a str,
-    result: &'a str,
-    #[serde(flatten)]
-    body: serde_json::Value,
-    prev_hash: String,
-    hash: String,
-}
-
-fn time_text(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
 fn export_json(row: &StoredRow) -> Result<serde_json::Value, cli::Error> {
-    let entry = row.entry()?;
-    let body: serde_json::Value = serde_json::from_str(&row.body)?;
-    let record = ExportRecord {
-        seq: row.seq,
-        id: &row.id,
-        at: time_text(entry.at),
-        actor: &entry.record.actor,
-        action: &row.action,
-        resource: &row.resource,
-        result: &row.result,
-        body,
-        prev_hash: hex::encode(&row.prev_hash),
-        hash: hex::encode(&row.hash),
-    };
-    Ok(serde_json::to_value(record)?)
+    Ok(row.export()?)
 }
 
 async fn query(args: &QueryArgs) -> Result<ExitCode, cli::Error> {
@@ -496,4 +462,8 @@ fn keygen() -> Result<ExitCode, cli::Error> {
          public key: {public}\n"
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn time_text(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }

@@ -22,7 +22,9 @@ use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use wakafleet::{
-    daemon::{self, Daemon, Exit, follow::Source, leader::Elector},
+    daemon::{self, Daemon, Exit, control::Control, follow::Source, leader::Elector},
+    http,
+    metrics::Metrics,
     driver,
     jobs::{
         lifecycle::Lifecycle,
@@ -79,6 +81,10 @@ pub struct Args {
     /// beside wakafleet's own; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = cli::worker::parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Where the HTTP API, health, metrics and dashboard listen (127.0.0.1:8080 by
+    /// default); `off` serves nothing.
+    #[arg(long, value_name = "ADDRESS")]
+    pub listen: Option<String>,
 }
 
 /// The daemon's configuration file.
@@ -89,9 +95,9 @@ pub struct Config {
     pub source: SourceConfig,
     #[serde(default)]
     pub workers: WorkersConfig,
-    /// The HTTP API's settings, read by the API.
+    /// The HTTP API's settings: where it listens, its tokens, its rate limits.
     #[serde(default)]
-    pub api: Option<toml::Table>,
+    pub api: http::Config,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +123,8 @@ pub struct WorkersConfig {
 
 /// The default number of workers in the process.
 const WORKERS: usize = 4;
+/// Where the HTTP face listens by default.
+const LISTEN: &str = "127.0.0.1:8080";
 /// The default tick.
 const INTERVAL: Duration = Duration::from_secs(60);
 
@@ -153,11 +161,17 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
     } else {
         None
     };
-    if config.source.webhook_secret.is_some() || config.api.is_some() {
-        tracing::warn!(
-            "the configuration's webhook and [api] settings are for the HTTP API, which this wakafleet does not serve yet"
-        );
-    }
+    let listen = args
+        .listen
+        .clone()
+        .or(config.api.listen.clone())
+        .unwrap_or_else(|| LISTEN.to_string());
+    let webhook_secret = match &config.source.webhook_secret {
+        Some(reference) => Some(resolve_env(reference, "webhook_secret")?),
+        None => None,
+    };
+    let tokens = http::auth::Tokens::new(config.api.tokens.clone())
+        .map_err(|error| format!("the configuration's [[api.tokens]]: {error}"))?;
     let repo = args.repo.clone().or(config.source.repo.clone());
     let branch = args.branch.clone().or(config.source.branch.clone());
     let state = state_folder(&args.store.url);
@@ -220,6 +234,45 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
             let pool_stop = pool_stop.clone();
             tasks.spawn(pool.run(pool_stop));
         }
+        let control = Arc::new(Control::default());
+        let metrics = Arc::new(Metrics::new());
+        let http_stop = CancellationToken::new();
+        if listen != "off" {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|error| format!("listening on {listen}: {error}"))?;
+            let address = listener
+                .local_addr()
+                .map_or_else(|_| listen.clone(), |address| address.to_string());
+            if tokens.is_empty() {
+                tracing::warn!(
+                    "no [[api.tokens]] are configured: /api/v1, /metrics and the dashboard refuse every call (`wakafleet token create` makes one)"
+                );
+            }
+            let app = Arc::new(http::App {
+                store: Arc::clone(&store),
+                queue: Arc::clone(&queue),
+                control: Arc::clone(&control),
+                metrics: Arc::clone(&metrics),
+                holder: holder.clone(),
+                interval,
+                branch: source.branch().map(str::to_string),
+                webhook_secret,
+                tokens,
+                limits: http::limit::Limiters::new(config.api.rate_limit),
+                templates: http::dashboard::Templates::new(),
+                cache: http::api::Cache::default(),
+            });
+            tracing::info!(%address, "serving health, metrics, the API and the dashboard");
+            tasks.spawn({
+                let http_stop = http_stop.clone();
+                async move {
+                    if let Err(error) = http::serve(listener, app, http_stop).await {
+                        tracing::error!(%error, "the HTTP server stopped");
+                    }
+                }
+            });
+        }
         tasks.close();
         tracing::info!(source = %source.describe(), workers, interval = interval.as_secs(), "wakafleet run started");
         let daemon = Daemon {
@@ -239,10 +292,14 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
                 limits,
             },
             job_ended,
+            control,
+            metrics,
         };
         let exit = daemon.run(stop.clone()).await;
-        // The pool stops with the daemon: running steps end, their jobs are handed back.
+        // The pool and the HTTP face stop with the daemon: running steps end, their jobs
+        // are handed back; requests in flight are answered.
         pool_stop.cancel();
+        http_stop.cancel();
         tasks.wait().await;
         store.close().await;
         tracing::info!("wakafleet run stopped");
@@ -254,6 +311,17 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
             }
         }
     })?
+}
+
+/// The value of an `env:NAME` reference; the name alone is in errors, never the value.
+fn resolve_env(reference: &str, what: &str) -> Result<Secret, cli::Error> {
+    let Some(name) = reference.strip_prefix("env:") else {
+        return Err(format!("`{what}` must be an `env:NAME` reference, not a value").into());
+    };
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
+        _ => Err(format!("`{what}` names the variable {name}, which is not set").into()),
+    }
 }
 
 fn read_config(file: &Path) -> Result<Config, cli::Error> {

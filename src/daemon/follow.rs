@@ -186,6 +186,14 @@ impl Source {
         }
     }
 
+    /// The branch followed; none for a folder. A detached HEAD is followed as `HEAD`.
+    pub fn branch(&self) -> Option<&str> {
+        match self {
+            Source::Git { branch, .. } => Some(branch),
+            Source::Folder { .. } => None,
+        }
+    }
+
     /// Whether the source is a remote's mirror, which must be fetched to move.
     pub fn is_remote(&self) -> bool {
         matches!(

@@ -15,6 +15,7 @@
 //! `reconcile` is the pass, `follow` the source, `status` the report other processes read,
 //! `leader` the election.
 
+pub mod control;
 pub mod follow;
 pub mod leader;
 pub mod reconcile;
@@ -43,7 +44,8 @@ use crate::{
     validate,
 };
 
-use crate::store::leadership::Term;
+use crate::{metrics::Metrics, store::leadership::Term};
+use control::Control;
 use follow::{Revision, Source};
 use leader::Elector;
 use reconcile::{Context, Desired, Outcome};
@@ -61,6 +63,9 @@ pub struct Daemon {
     pub options: Options,
     /// Notified when a job of this process's pool ends.
     pub job_ended: Arc<Notify>,
+    /// What the HTTP API asks of the daemon and sees of it.
+    pub control: Arc<Control>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// How the daemon runs.
@@ -106,6 +111,9 @@ pub enum Error {
     Task(String),
 }
 
+/// The key under which the daemon keeps the partner and tenant of each instance in force.
+pub const OWNERS: &str = "owners";
+
 /// What the daemon knows of its source between passes.
 #[derive(Default)]
 struct Seen {
@@ -116,7 +124,7 @@ struct Seen {
     /// The diagnostics of the head when it was invalid, as JSON entries.
     diagnostics: Vec<serde_json::Value>,
     /// The revision in force.
-    good: Option<Desired>,
+    good: Option<Arc<Desired>>,
     /// The revision recorded as applied last.
     applied: Option<String>,
     /// When the last pass ran.
@@ -139,6 +147,8 @@ impl Daemon {
             mut elector,
             options,
             job_ended,
+            control,
+            metrics,
         } = self;
         let changed = Arc::new(Notify::new());
         let _watch = source.watch(Arc::clone(&changed))?;
@@ -155,6 +165,8 @@ impl Daemon {
             options,
             job_ended,
             changed,
+            control,
+            metrics,
             cache: Arc::default(),
             memo: tokio::sync::Mutex::default(),
         };
@@ -163,6 +175,8 @@ impl Daemon {
                 return Ok(Exit::Stopped);
             };
             tracing::info!(epoch = term.epoch, holder = %leader.options.holder, source = %leader.source.describe(), "leading");
+            leader.control.set_leading(true);
+            leader.metrics.set_leader(true);
             let release = stop.child_token();
             let lost = CancellationToken::new();
             let holding = {
@@ -179,6 +193,8 @@ impl Daemon {
                 })
             };
             let exit = leader.lead(&term, &mut seen, &stop, &lost).await;
+            leader.control.set_leading(false);
+            leader.metrics.set_leader(false);
             release.cancel();
             let (returned, why) = holding
                 .await
@@ -205,6 +221,8 @@ struct Leader {
     options: Options,
     job_ended: Arc<Notify>,
     changed: Arc<Notify>,
+    control: Arc<Control>,
+    metrics: Arc<Metrics>,
     /// Every file decoded once per blob: a commit that changes one file decodes one.
     cache: Arc<std::sync::Mutex<validate::Cache>>,
     /// What the last pass read and found, for the next.
@@ -230,12 +248,15 @@ impl Leader {
                 return None;
             }
             let tick = Instant::now() >= next_tick;
+            let fetch = self.control.take_fetch();
             if tick {
                 next_tick = Instant::now() + self.options.interval;
+            }
+            if tick || fetch {
                 if self.source.is_remote() {
                     let source = Arc::clone(&self.source);
                     match tokio::task::spawn_blocking(move || source.fetch()).await {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(())) => self.metrics.fetched(Utc::now()),
                         Ok(Err(error)) => tracing::warn!(%error, "fetching the remote"),
                         Err(error) => tracing::warn!(%error, "fetching the remote"),
                     }
@@ -273,6 +294,7 @@ impl Leader {
                 () = lost.cancelled() => return None,
                 () = self.job_ended.notified() => nudged = true,
                 () = self.changed.notified() => nudged = true,
+                () = self.control.woken() => nudged = true,
                 () = tokio::time::sleep(nap) => {}
             }
         }
@@ -312,7 +334,7 @@ impl Leader {
             match self.accept(term, id).await {
                 Ok(desired) => {
                     tracing::info!(revision = %desired.revision, "revision in force");
-                    seen.good = Some(desired);
+                    self.put_in_force(term, seen, desired).await;
                     found = true;
                     break;
                 }
@@ -331,7 +353,7 @@ impl Leader {
             && let Some(applied) = seen.applied.clone()
             && let Ok(desired) = self.accept(term, &applied).await
         {
-            seen.good = Some(desired);
+            self.put_in_force(term, seen, desired).await;
         }
         seen.head = Some(head);
         true
@@ -504,7 +526,19 @@ impl Leader {
     /// that did not observe and finds the work done observes before it says so: converged
     /// means the instances run as applied, not only that their jobs ended.
     async fn pass(&self, term: &Term, seen: &mut Seen, observe: bool) -> Option<Outcome> {
-        let desired = seen.good.as_ref()?;
+        let desired = Arc::clone(seen.good.as_ref()?);
+        match control::pause(&self.store).await {
+            Ok(pause) if pause.paused => {
+                self.report(term, seen, None, true).await;
+                return None;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "reading the pause; trying again at the next wake");
+                return None;
+            }
+        }
+        let desired = desired.as_ref();
         let mut observe = observe;
         let (outcome, now) = loop {
             let ctx = Context {
@@ -522,12 +556,15 @@ impl Leader {
             let now = Utc::now();
             let span = tracing::info_span!("reconcile", revision = %desired.revision, observe);
             let mut memo = self.memo.lock().await;
-            let outcome = match tracing::Instrument::instrument(
+            let started = Instant::now();
+            let outcome = tracing::Instrument::instrument(
                 reconcile::reconcile(&ctx, desired, now, &mut memo),
                 span,
             )
-            .await
-            {
+            .await;
+            self.metrics
+                .reconciled(started.elapsed().as_secs_f64(), outcome.is_ok());
+            let outcome = match outcome {
                 Ok(outcome) => outcome,
                 Err(error) => {
                     tracing::warn!(%error, "the pass failed; trying again at the next wake");
@@ -551,8 +588,35 @@ impl Leader {
             self.mark_applied(desired, term).await;
             seen.applied = Some(desired.revision.clone());
         }
-        self.report(term, seen, &outcome).await;
+        self.report(term, seen, Some(&outcome), false).await;
         Some(outcome)
+    }
+
+    /// Puts a revision in force: for the next passes, for the API, and its instances'
+    /// owners for the API's scoped tokens of any process.
+    async fn put_in_force(&self, term: &Term, seen: &mut Seen, desired: Desired) {
+        let desired = Arc::new(desired);
+        let owners: BTreeMap<&String, serde_json::Value> = desired
+            .fleet
+            .fleet()
+            .instances
+            .iter()
+            .map(|(name, instance)| {
+                (
+                    name,
+                    serde_json::json!({
+                        "partner": instance.partner.value,
+                        "tenant": instance.tenant.as_ref().map(|tenant| &tenant.value),
+                    }),
+                )
+            })
+            .collect();
+        let value = serde_json::json!({ "epoch": term.epoch, "instances": owners });
+        if let Err(error) = self.store.put_daemon_state(OWNERS, &value, Utc::now()).await {
+            tracing::warn!(%error, "recording the instances' owners");
+        }
+        self.control.set_desired(Some(Arc::clone(&desired)));
+        seen.good = Some(desired);
     }
 
     /// Records the revision in force as applied: its ready work is done.
@@ -584,11 +648,12 @@ impl Leader {
         tracing::info!(revision = %desired.revision, "applied");
     }
 
-    /// Writes what `status` shows.
-    async fn report(&self, term: &Term, seen: &Seen, outcome: &Outcome) {
+    /// Writes what `status` shows; without an outcome (paused), what waits stays as it was.
+    async fn report(&self, term: &Term, seen: &Seen, outcome: Option<&Outcome>, paused: bool) {
         let now = Utc::now();
         let desired = seen.good.as_ref();
         let report = serde_json::json!({
+            "paused": paused,
             "leader": self.options.holder,
             "epoch": term.epoch,
             "last": seen.last_pass.map(|at| at.to_rfc3339()),
@@ -603,10 +668,8 @@ impl Leader {
                 .map(|desired| desired.fleet.fleet().instances.keys().cloned().collect::<Vec<_>>())
                 .unwrap_or_default(),
         });
-        for (key, value) in [
-            ("reconcile", report),
-            ("waiting", serde_json::json!(outcome.waiting)),
-        ] {
+        let waiting = outcome.map(|outcome| ("waiting", serde_json::json!(outcome.waiting)));
+        for (key, value) in std::iter::once(("reconcile", report)).chain(waiting) {
             if let Err(error) = self.store.put_daemon_state(key, &value, now).await {
                 tracing::warn!(%error, "recording the daemon's report");
             }

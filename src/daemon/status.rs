@@ -16,7 +16,7 @@ use crate::store::{
 };
 
 /// The Status JSON.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Status {
     pub format_version: u32,
     pub at: String,
@@ -26,7 +26,7 @@ pub struct Status {
     pub jobs: JobCounts,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CommitStatus {
     /// The revision the source stood at when the daemon looked last.
     pub seen: Option<String>,
@@ -42,10 +42,11 @@ pub struct CommitStatus {
     pub in_force: Option<String>,
     /// The diagnostics of an invalid revision seen, as `validate --format json` gives them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
     pub diagnostics: Vec<serde_json::Value>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ReconcileStatus {
     pub paused: bool,
     pub leader: Option<String>,
@@ -56,7 +57,7 @@ pub struct ReconcileStatus {
 }
 
 /// One instance.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct InstanceView {
     pub name: String,
     /// pending | provisioning | active | suspended | terminated | failed
@@ -70,7 +71,7 @@ pub struct InstanceView {
 }
 
 /// An instance's active job.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: String,
     pub kind: &'static str,
@@ -78,7 +79,7 @@ pub struct JobView {
     pub step: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct JobCounts {
     pub pending: i64,
     pub running: i64,
@@ -201,10 +202,7 @@ pub async fn read(store: &Store, now: DateTime<Utc>) -> Result<Status, store::Er
                 .unwrap_or_default(),
         },
         reconcile: ReconcileStatus {
-            paused: report
-                .get("paused")
-                .and_then(|paused| paused.as_bool())
-                .unwrap_or(false),
+            paused: crate::daemon::control::pause(store).await?.paused,
             leader: text("leader"),
             last: text("last"),
             source: text("source"),

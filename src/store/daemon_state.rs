@@ -82,3 +82,41 @@ impl Store {
         })
     }
 }
+
+/// What everything `status` reads is at: the instances, the jobs and their steps, the
+/// commits and the daemon's reports. Equal fingerprints mean equal status (but for its
+/// time), so a reader may keep what it rendered while this stays the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint([i64; 14]);
+
+impl Store {
+    /// The fingerprint of what `status` reads: aggregates only, no rows read out.
+    pub async fn fingerprint(&self) -> Result<Fingerprint, Error> {
+        let row = self
+            .retrying(|| {
+                sqlx::query(
+                    "SELECT (SELECT COUNT(*) FROM instances), \
+                     (SELECT COALESCE(MAX(updated_at_us), 0) FROM instances), \
+                     (SELECT COUNT(*) FROM jobs), \
+                     (SELECT COALESCE(SUM(attempts), 0) FROM jobs), \
+                     (SELECT COALESCE(MAX(not_before_us), 0) FROM jobs), \
+                     (SELECT COALESCE(MAX(finished_at_us), 0) FROM jobs), \
+                     (SELECT COALESCE(MAX(cancel_requested_at_us), 0) FROM jobs), \
+                     (SELECT COUNT(*) FROM jobs WHERE status IN ('pending', 'running')), \
+                     (SELECT COUNT(*) FROM job_steps), \
+                     (SELECT COALESCE(MAX(started_at_us), 0) FROM job_steps), \
+                     (SELECT COALESCE(MAX(finished_at_us), 0) FROM job_steps), \
+                     (SELECT COUNT(*) FROM job_steps WHERE status = 'running'), \
+                     (SELECT COALESCE(MAX(updated_at_us), 0) FROM daemon_state), \
+                     (SELECT COUNT(*) FROM commits WHERE applied_at_us IS NOT NULL)",
+                )
+                .fetch_one(self.pool())
+            })
+            .await?;
+        let mut values = [0_i64; 14];
+        for (index, value) in values.iter_mut().enumerate() {
+            *value = row.try_get::<i64, _>(index)?;
+        }
+        Ok(Fingerprint(values))
+    }
+}

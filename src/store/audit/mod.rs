@@ -53,6 +53,8 @@ pub enum ActorKind {
     Operator,
     /// A commit of the fleet repository.
     Git,
+    /// A caller of the HTTP API, by its token's name.
+    Token,
 }
 
 impl ActorKind {
@@ -61,11 +63,17 @@ impl ActorKind {
             ActorKind::System => "system",
             ActorKind::Operator => "operator",
             ActorKind::Git => "git",
+            ActorKind::Token => "token",
         }
     }
 
     fn parse(text: &str) -> Option<ActorKind> {
-        [ActorKind::System, ActorKind::Operator, ActorKind::Git]
+        [
+            ActorKind::System,
+            ActorKind::Operator,
+            ActorKind::Git,
+            ActorKind::Token,
+        ]
             .into_iter()
             .find(|kind| kind.as_str() == text)
     }

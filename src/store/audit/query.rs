@@ -222,3 +222,48 @@ pub(super) async fn read_head(pool: &AnyPool) -> Result<Head, sqlx::Error> {
         None => Head::EMPTY,
     })
 }
+
+/// One exported record, as `audit query --format json`, `audit export` and the API give it:
+/// the columns, with the body's fields in place of the body.
+#[derive(serde::Serialize)]
+struct ExportRecord<'a> {
+    seq: i64,
+    id: &'a str,
+    at: String,
+    actor: &'a crate::store::audit::Actor,
+    action: &'a str,
+    resource: &'a str,
+    result: &'a str,
+    #[serde(flatten)]
+    body: serde_json::Value,
+    prev_hash: String,
+    hash: String,
+}
+
+impl StoredRow {
+    /// The record in its exported form.
+    ///
+    /// # Errors
+    /// When the row does not hold a record.
+    pub fn export(&self) -> Result<serde_json::Value, Error> {
+        let entry = self.entry()?;
+        let body: serde_json::Value = serde_json::from_str(&self.body)
+            .map_err(|error| Error::Stored(format!("audit record {}: {error}", self.seq)))?;
+        let record = ExportRecord {
+            seq: self.seq,
+            id: &self.id,
+            at: entry
+                .at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            actor: &entry.record.actor,
+            action: &self.action,
+            resource: &self.resource,
+            result: &self.result,
+            body,
+            prev_hash: hex::encode(&self.prev_hash),
+            hash: hex::encode(&self.hash),
+        };
+        serde_json::to_value(record)
+            .map_err(|error| Error::Stored(format!("audit record {}: {error}", self.seq)))
+    }
+}

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Jobs(args) => cli::jobs::run(args),
         Command::Run(args) => cli::run::run(args),
         Command::Status(args) => cli::status::run(args),
+        Command::Token(args) => cli::token::run(args),
     };
     result.unwrap_or_else(|error| {
         report(error.as_ref());

@@ -65,9 +65,9 @@ impl Metrics {
             "Reconcile passes this process ran, by result (ok, error)",
             reconciles.clone(),
         );
-        let reconcile_seconds = Histogram::new(
-            [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
-        );
+        let reconcile_seconds = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ]);
         registry.register_with_unit(
             "reconcile_duration",
             "How long a reconcile pass took",

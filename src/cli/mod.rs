@@ -12,6 +12,7 @@ pub mod schema;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod token;
 pub mod validate;
 pub mod worker;
 
@@ -60,6 +61,8 @@ pub enum Command {
     Run(run::Args),
     /// Show the fleet as the store sees it: instances, their jobs and what they wait for.
     Status(status::Args),
+    /// Make tokens for the HTTP API.
+    Token(token::Args),
 }
 
 /// How a command formats its report.

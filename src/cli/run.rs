@@ -23,15 +23,14 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use wakafleet::{
     daemon::{self, Daemon, Exit, control::Control, follow::Source, leader::Elector},
-    http,
-    metrics::Metrics,
-    driver,
+    driver, http,
     jobs::{
         lifecycle::Lifecycle,
         schedule::Scheduler,
         worker::{self, Pool},
     },
     load::Limits,
+    metrics::Metrics,
     queue::{self, Queue},
     secret::Secret,
     source::signature::AllowedSigners,

@@ -607,12 +607,17 @@ impl Leader {
                     serde_json::json!({
                         "partner": instance.partner.value,
                         "tenant": instance.tenant.as_ref().map(|tenant| &tenant.value),
+                        "channel": instance.channel.value,
                     }),
                 )
             })
             .collect();
         let value = serde_json::json!({ "epoch": term.epoch, "instances": owners });
-        if let Err(error) = self.store.put_daemon_state(OWNERS, &value, Utc::now()).await {
+        if let Err(error) = self
+            .store
+            .put_daemon_state(OWNERS, &value, Utc::now())
+            .await
+        {
             tracing::warn!(%error, "recording the instances' owners");
         }
         self.control.set_desired(Some(Arc::clone(&desired)));

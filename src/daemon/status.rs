@@ -68,6 +68,11 @@ pub struct InstanceView {
     pub job: Option<JobView>,
     pub waiting: Option<String>,
     pub last_error: Option<String>,
+    /// The update channel, the partner and the tenant the revision in force gives it; none
+    /// for an instance no longer in the fleet.
+    pub channel: Option<String>,
+    pub partner: Option<String>,
+    pub tenant: Option<String>,
 }
 
 /// An instance's active job.
@@ -140,6 +145,18 @@ pub async fn read(store: &Store, now: DateTime<Utc>) -> Result<Status, store::Er
         .get("instances")
         .and_then(|names| serde_json::from_value(names.clone()).ok())
         .unwrap_or_default();
+    let owners = store
+        .daemon_state(crate::daemon::OWNERS)
+        .await?
+        .and_then(|(value, _)| value.get("instances").cloned())
+        .unwrap_or_default();
+    let owner = |name: &str, key: &str| {
+        owners
+            .get(name)
+            .and_then(|owner| owner.get(key))
+            .and_then(|value| value.as_str())
+            .map(str::to_string)
+    };
     let names: BTreeSet<&String> = desired.iter().chain(records.keys()).collect();
     let mut instances = Vec::with_capacity(names.len());
     for name in names {
@@ -178,6 +195,9 @@ pub async fn read(store: &Store, now: DateTime<Utc>) -> Result<Status, store::Er
             job,
             waiting: waiting.get(name).cloned(),
             last_error: record.and_then(|record| record.last_error.clone()),
+            channel: owner(name, "channel"),
+            partner: owner(name, "partner"),
+            tenant: owner(name, "tenant"),
         });
     }
     Ok(Status {

@@ -28,7 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     daemon::{self, control, status},
-    http::{App, ApiError, auth::{Caller, Scope}},
+    http::{
+        ApiError, App,
+        auth::{Caller, Scope},
+    },
     plan,
     store::{
         self,
@@ -208,13 +211,13 @@ pub async fn current(app: &App) -> Result<(Arc<status::Status>, Bytes, Bytes), A
         ));
     }
     let status = Arc::new(status::read(&app.store, Utc::now()).await?);
-    let status_json = Bytes::from(serde_json::to_vec(status.as_ref()).expect("the status serializes"));
+    let status_json =
+        Bytes::from(serde_json::to_vec(status.as_ref()).expect("the status serializes"));
     let instances_json = Bytes::from(
         serde_json::to_vec(&serde_json::json!({ "instances": status.instances }))
             .expect("the instances serialize"),
     );
-    *app
-        .cache
+    *app.cache
         .rendered
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Rendered {
@@ -287,9 +290,10 @@ impl Visible {
 
 fn json_bytes(bytes: Bytes) -> Response {
     let mut response = Response::new(Body::from(bytes));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -343,7 +347,9 @@ pub async fn status_for(app: &App, caller: &Caller) -> Result<status::Status, Ap
     let visible = Visible::of(app, caller).await?;
     let mut status = status.as_ref().clone();
     if !visible.all() {
-        status.instances.retain(|instance| visible.instance(&instance.name));
+        status
+            .instances
+            .retain(|instance| visible.instance(&instance.name));
     }
     Ok(status)
 }
@@ -385,7 +391,11 @@ pub async fn instances(
 ///
 /// # Errors
 /// 404 when the caller does not see such an instance; the store failing.
-pub async fn instance_detail(app: &App, caller: &Caller, name: &str) -> Result<InstanceDetail, ApiError> {
+pub async fn instance_detail(
+    app: &App,
+    caller: &Caller,
+    name: &str,
+) -> Result<InstanceDetail, ApiError> {
     let (status, _, _) = current(app).await?;
     let visible = Visible::of(app, caller).await?;
     let instance = status
@@ -416,7 +426,11 @@ pub async fn instance_detail(app: &App, caller: &Caller, name: &str) -> Result<I
 }
 
 /// The newest `count` records about `resource`, newest first.
-async fn newest_audit(app: &App, resource: &str, count: usize) -> Result<Vec<serde_json::Value>, ApiError> {
+async fn newest_audit(
+    app: &App,
+    resource: &str,
+    count: usize,
+) -> Result<Vec<serde_json::Value>, ApiError> {
     let filter = Filter {
         resource: Some(resource.to_string()),
         ..Filter::default()
@@ -459,7 +473,11 @@ pub async fn instance(
 ///
 /// # Errors
 /// A status that does not exist; the store failing.
-pub async fn jobs_for(app: &App, caller: &Caller, query: &JobQuery) -> Result<Vec<JobSummary>, ApiError> {
+pub async fn jobs_for(
+    app: &App,
+    caller: &Caller,
+    query: &JobQuery,
+) -> Result<Vec<JobSummary>, ApiError> {
     let status = match &query.status {
         Some(text) => Some(JobStatus::parse(text).ok_or_else(|| {
             ApiError::invalid(format!(
@@ -475,7 +493,11 @@ pub async fn jobs_for(app: &App, caller: &Caller, query: &JobQuery) -> Result<Ve
         instance: query.instance.clone(),
     };
     // A scoped caller's page is filled from a longer read.
-    let read = if visible.all() { limit } else { MAX_SCOPED_SCAN };
+    let read = if visible.all() {
+        limit
+    } else {
+        MAX_SCOPED_SCAN
+    };
     let jobs = app.store.list_jobs(&filter, read).await?;
     Ok(jobs
         .iter()
@@ -550,7 +572,9 @@ async fn job_verb(
         record.result = Outcome::Failure;
         record.error = Some(error.to_string());
     }
-    record.metadata.insert("instance".into(), job.instance.clone().into());
+    record
+        .metadata
+        .insert("instance".into(), job.instance.clone().into());
     app.store.append_one(record).await?;
     match done {
         Ok(job) => {
@@ -664,12 +688,16 @@ pub async fn state(
 
 impl AuditQuery {
     fn filter(&self) -> Result<Filter, ApiError> {
-        let parse = |name: &str, text: &Option<String>| -> Result<Option<DateTime<Utc>>, ApiError> {
+        let parse = |name: &str,
+                     text: &Option<String>|
+         -> Result<Option<DateTime<Utc>>, ApiError> {
             text.as_deref()
                 .map(|text| {
                     DateTime::parse_from_rfc3339(text)
                         .map(|at| at.with_timezone(&Utc))
-                        .map_err(|_| ApiError::invalid(format!("`{name}` is not an RFC 3339 time: `{text}`")))
+                        .map_err(|_| {
+                            ApiError::invalid(format!("`{name}` is not an RFC 3339 time: `{text}`"))
+                        })
                 })
                 .transpose()
         };
@@ -689,7 +717,11 @@ impl AuditQuery {
 ///
 /// # Errors
 /// A malformed time; the store failing.
-pub async fn audit_page(app: &App, caller: &Caller, query: &AuditQuery) -> Result<AuditPage, ApiError> {
+pub async fn audit_page(
+    app: &App,
+    caller: &Caller,
+    query: &AuditQuery,
+) -> Result<AuditPage, ApiError> {
     let mut filter = query.filter()?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let visible = Visible::of(app, caller).await?;
@@ -760,7 +792,10 @@ pub async fn audit_export(
                 Ok(rows) => rows,
                 Err(error) => {
                     tracing::warn!(%error, "exporting the audit log");
-                    return Some((Err(std::io::Error::other("the store failed")), (app, filter, visible, true)));
+                    return Some((
+                        Err(std::io::Error::other("the store failed")),
+                        (app, filter, visible, true),
+                    ));
                 }
             };
             let last = rows.len() < 500;
@@ -775,7 +810,10 @@ pub async fn audit_export(
                     Ok(_) => {}
                     Err(error) => {
                         tracing::warn!(%error, "exporting the audit log");
-                        return Some((Err(std::io::Error::other("a record cannot be read")), (app, filter, visible, true)));
+                        return Some((
+                            Err(std::io::Error::other("a record cannot be read")),
+                            (app, filter, visible, true),
+                        ));
                     }
                 }
             }
@@ -786,9 +824,10 @@ pub async fn audit_export(
         },
     );
     let mut response = Response::new(Body::from_stream(stream));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
     Ok(response)
 }
 
@@ -816,13 +855,17 @@ pub async fn reconcile_now(
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
     fleet_verb(&app, &caller, "reconcile.request").await?;
-    app.store.append_one(caller.record("reconcile.request", "reconcile")).await?;
+    app.store
+        .append_one(caller.record("reconcile.request", "reconcile"))
+        .await?;
     app.control.reconcile_now();
     let paused = control::pause(&app.store).await?.paused;
     let message = match (app.control.is_leading(), paused) {
         (_, true) => "reconciliation is paused: the pass runs once it is resumed",
         (true, false) => "a pass runs now",
-        (false, false) => "this process does not lead; the leader's next pass comes at its own time",
+        (false, false) => {
+            "this process does not lead; the leader's next pass comes at its own time"
+        }
     };
     Ok((
         axum::http::StatusCode::ACCEPTED,
@@ -835,7 +878,11 @@ pub async fn reconcile_now(
 }
 
 async fn set_pause(app: &App, caller: &Caller, paused: bool) -> Result<Json<Done>, ApiError> {
-    let action = if paused { "reconcile.pause" } else { "reconcile.resume" };
+    let action = if paused {
+        "reconcile.pause"
+    } else {
+        "reconcile.resume"
+    };
     fleet_verb(app, caller, action).await?;
     let before = control::pause(&app.store).await?.paused;
     let mut record = caller.record(action, "reconcile");

@@ -20,9 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use argon2::{
-    Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString,
-};
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
 use axum::{
     extract::{Request, State},
     http::{HeaderMap, StatusCode, header},
@@ -34,7 +32,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    http::{App, ApiError, RequestId, limit},
+    http::{ApiError, App, RequestId, limit},
     store::audit::{Actor, ActorKind, Outcome, Record},
 };
 
@@ -152,7 +150,12 @@ impl Caller {
     ///
     /// # Errors
     /// 403 when the caller is not an operator.
-    pub async fn require_operator(&self, app: &App, action: &str, resource: &str) -> Result<(), ApiError> {
+    pub async fn require_operator(
+        &self,
+        app: &App,
+        action: &str,
+        resource: &str,
+    ) -> Result<(), ApiError> {
         if self.role == Role::Operator {
             return Ok(());
         }
@@ -245,7 +248,9 @@ impl Tokens {
         }
         let (name, secret) = split(presented).unwrap_or(("", presented));
         let entry = self.entries.get(name).cloned();
-        let hash = entry.as_ref().map_or_else(|| self.dummy.clone(), |entry| entry.hash.clone());
+        let hash = entry
+            .as_ref()
+            .map_or_else(|| self.dummy.clone(), |entry| entry.hash.clone());
         let secret = secret.to_string();
         let verified = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash).is_ok_and(|hash| {
@@ -257,7 +262,10 @@ impl Tokens {
         .await
         .unwrap_or(false);
         let entry = entry.filter(|_| verified)?;
-        let mut remembered = self.remembered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut remembered = self
+            .remembered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if remembered.len() > 10_000 {
             remembered.retain(|_, (_, at)| at.elapsed() < REMEMBER);
         }
@@ -266,7 +274,10 @@ impl Tokens {
     }
 
     fn remembered_name(&self, digest: &[u8; 32]) -> Option<String> {
-        let remembered = self.remembered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let remembered = self
+            .remembered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         remembered
             .get(digest)
             .filter(|(_, at)| at.elapsed() < REMEMBER)
@@ -275,7 +286,10 @@ impl Tokens {
 
     /// Whether a refusal past a limit by `caller` is to be audited: once a minute.
     fn audit_limit_refusal(&self, caller: &str) -> bool {
-        let mut refusals = self.refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut refusals = self
+            .refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if refusals.len() > 10_000 {
             refusals.retain(|_, at| at.elapsed() < Duration::from_secs(60));
         }
@@ -340,9 +354,9 @@ fn toml_string(text: &str) -> String {
 
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-' || byte == b'_')
+        && name.bytes().all(|byte| {
+            byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-' || byte == b'_'
+        })
 }
 
 /// `wf1.<name>.<secret>` split into name and secret.
@@ -423,8 +437,18 @@ pub async fn require(State(app): State<Arc<App>>, mut request: Request, next: Ne
     };
     let standing = app.limits.token(&entry.name);
     if standing.retry_after.is_some() {
-        if app.tokens.audit_limit_refusal(&format!("token:{}", entry.name)) {
-            audit_refusal(&app, Refused::of(&request), Some(&entry), "rate limited", 429).await;
+        if app
+            .tokens
+            .audit_limit_refusal(&format!("token:{}", entry.name))
+        {
+            audit_refusal(
+                &app,
+                Refused::of(&request),
+                Some(&entry),
+                "rate limited",
+                429,
+            )
+            .await;
         }
         return standing.refusal();
     }
@@ -495,7 +519,9 @@ pub async fn audit_refusal(
     record.result = Outcome::Failure;
     record.error = Some(format!("refused: {reason}"));
     record.metadata.insert("code".into(), code.into());
-    record.metadata.insert("method".into(), refused.method.into());
+    record
+        .metadata
+        .insert("method".into(), refused.method.into());
     if let Err(error) = app.store.append_one(record).await {
         tracing::warn!(%error, "auditing a refused call");
     }
@@ -531,7 +557,10 @@ mod tests {
         }
         let file: File = toml::from_str(&entry).expect("the printed entry is the config's");
         let tokens = Tokens::new(file.api.tokens).expect("tokens");
-        assert_eq!(tokens.check(&token).await.map(|entry| entry.name), Some("ci".to_string()));
+        assert_eq!(
+            tokens.check(&token).await.map(|entry| entry.name),
+            Some("ci".to_string())
+        );
         // Remembered: the same answer without a hash.
         assert!(tokens.check(&token).await.is_some());
         let mut changed = token.clone().into_bytes();
@@ -541,14 +570,26 @@ mod tests {
         assert!(tokens.check(&changed).await.is_none());
         assert!(tokens.check("wf1.nobody.secret").await.is_none());
         assert!(tokens.check("").await.is_none());
-        assert!(!entry.contains(token.rsplit('.').next().expect("a secret")), "the entry holds only the hash");
+        assert!(
+            !entry.contains(token.rsplit('.').next().expect("a secret")),
+            "the entry holds only the hash"
+        );
     }
 
     #[test]
     fn names_and_scopes_are_checked() {
-        assert!(matches!(create("Bad Name", Role::Viewer, None, None), Err(Error::Name(_))));
-        assert!(matches!(create("a.b", Role::Viewer, None, None), Err(Error::Name(_))));
-        assert!(matches!(create("x", Role::Viewer, Some("p"), Some("t")), Err(Error::Scope(_))));
+        assert!(matches!(
+            create("Bad Name", Role::Viewer, None, None),
+            Err(Error::Name(_))
+        ));
+        assert!(matches!(
+            create("a.b", Role::Viewer, None, None),
+            Err(Error::Name(_))
+        ));
+        assert!(matches!(
+            create("x", Role::Viewer, Some("p"), Some("t")),
+            Err(Error::Scope(_))
+        ));
         let entry = TokenEntry {
             name: "x".into(),
             role: Role::Viewer,
@@ -556,18 +597,33 @@ mod tests {
             partner: None,
             tenant: None,
         };
-        assert!(matches!(Tokens::new(vec![entry.clone()]), Err(Error::Hash { .. })));
-        assert!(!format!("{entry:?}").contains("not a hash"), "Debug leaves the hash out");
+        assert!(matches!(
+            Tokens::new(vec![entry.clone()]),
+            Err(Error::Hash { .. })
+        ));
+        assert!(
+            !format!("{entry:?}").contains("not a hash"),
+            "Debug leaves the hash out"
+        );
     }
 
     #[test]
     fn the_token_comes_from_the_header_or_the_cookie() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, "a=b; wakafleet_token=wf1.x.y".parse().expect("a header"));
+        headers.insert(
+            header::COOKIE,
+            "a=b; wakafleet_token=wf1.x.y".parse().expect("a header"),
+        );
         assert_eq!(presented(&headers).as_deref(), Some("wf1.x.y"));
-        headers.insert(header::AUTHORIZATION, "Bearer wf1.z.w".parse().expect("a header"));
+        headers.insert(
+            header::AUTHORIZATION,
+            "Bearer wf1.z.w".parse().expect("a header"),
+        );
         assert_eq!(presented(&headers).as_deref(), Some("wf1.z.w"));
-        headers.insert(header::AUTHORIZATION, "Basic abc".parse().expect("a header"));
+        headers.insert(
+            header::AUTHORIZATION,
+            "Basic abc".parse().expect("a header"),
+        );
         assert_eq!(presented(&headers), None);
     }
 }

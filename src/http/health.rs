@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::{
     daemon::{control, status},
-    http::{App, ApiError},
+    http::{ApiError, App},
     queue::Queue,
 };
 
@@ -71,7 +71,10 @@ pub struct ReconcileHealth {
 /// How long a pass may be old before the loop is unhealthy, at the least.
 const STALE_FLOOR: Duration = Duration::from_secs(300);
 
-fn answer(checks: std::collections::BTreeMap<&'static str, Check>, reconcile: Option<ReconcileHealth>) -> Response {
+fn answer(
+    checks: std::collections::BTreeMap<&'static str, Check>,
+    reconcile: Option<ReconcileHealth>,
+) -> Response {
     let worst = checks.values().copied().max().unwrap_or(Check::Pass);
     let (status, code) = match worst {
         Check::Pass => ("healthy", StatusCode::OK),
@@ -140,7 +143,8 @@ pub async fn database(State(app): State<Arc<App>>) -> Response {
 pub async fn redis(State(app): State<Arc<App>>) -> Response {
     match redis_check(&app.queue).await {
         Some(check) => answer([("redis", check)].into_iter().collect(), None),
-        None => ApiError::not_found("this daemon's queue is in-process: no Redis is used").into_response(),
+        None => ApiError::not_found("this daemon's queue is in-process: no Redis is used")
+            .into_response(),
     }
 }
 
@@ -169,9 +173,7 @@ pub async fn reconcile(State(app): State<Arc<App>>) -> Response {
         Ok(pause) => pause.paused,
         Err(_) => status.reconcile.paused,
     };
-    let fresh = last.is_some_and(|last| {
-        (now - last).to_std().unwrap_or_default() <= stale
-    });
+    let fresh = last.is_some_and(|last| (now - last).to_std().unwrap_or_default() <= stale);
     checks.insert(
         "reconcile",
         match (fresh || paused, paused) {
@@ -182,7 +184,11 @@ pub async fn reconcile(State(app): State<Arc<App>>) -> Response {
     );
     checks.insert(
         "commit",
-        if status.commit.valid { Check::Pass } else { Check::Warn },
+        if status.commit.valid {
+            Check::Pass
+        } else {
+            Check::Warn
+        },
     );
     let reconcile = ReconcileHealth {
         leader: status.reconcile.leader,

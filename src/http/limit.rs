@@ -27,7 +27,7 @@ use governor::{
 };
 use serde::Deserialize;
 
-use crate::http::{App, ApiError};
+use crate::http::{ApiError, App};
 
 /// The `[api.rate_limit]` table: requests a minute.
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -80,7 +80,9 @@ pub struct Standing {
 impl Limiters {
     /// Limiters with `config`'s allowances; an allowance of 0 is taken as 1.
     pub fn new(config: Config) -> Limiters {
-        let quota = |per_minute: u32| Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN));
+        let quota = |per_minute: u32| {
+            Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN))
+        };
         Limiters {
             tokens: RateLimiter::keyed(quota(config.per_token))
                 .with_middleware::<StateInformationMiddleware>(),

@@ -51,7 +51,9 @@ impl Modify for Bearer {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("a token of the daemon's configuration (`wakafleet token create`)"))
+                    .description(Some(
+                        "a token of the daemon's configuration (`wakafleet token create`)",
+                    ))
                     .build(),
             ),
         );
@@ -62,14 +64,18 @@ impl Modify for Bearer {
 pub fn text() -> String {
     let mut document = Document::openapi();
     document.info.version = env!("CARGO_PKG_VERSION").to_string();
-    document.to_pretty_json().expect("the OpenAPI document serializes") + "\n"
+    document
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+        + "\n"
 }
 
 /// `GET /api/v1/openapi.json`.
 pub async fn document() -> Response {
     let mut response = Response::new(Body::from(text()));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }

@@ -24,7 +24,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    http::{App, ApiError, RequestId, limit},
+    http::{ApiError, App, RequestId, limit},
     store::audit::{Actor, ActorKind, Outcome, Record},
 };
 
@@ -136,7 +136,11 @@ pub async fn github(State(app): State<Arc<App>>, request: Request) -> Result<Res
     let mut record = audit("webhook.received");
     record.key = Some(format!("webhook/github/{digest}"));
     let entry = app.store.append_one(record).await?;
-    let ours = entry.record.metadata.get("request_id").and_then(|id| id.as_str())
+    let ours = entry
+        .record
+        .metadata
+        .get("request_id")
+        .and_then(|id| id.as_str())
         == Some(request_id.as_str());
     if !ours {
         let mut record = audit("webhook.refused");
@@ -168,7 +172,10 @@ pub async fn github(State(app): State<Arc<App>>, request: Request) -> Result<Res
             let pushed = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|push| push.get("ref").and_then(|r| r.as_str()).map(str::to_string));
-            let followed = app.branch.as_ref().map(|branch| format!("refs/heads/{branch}"));
+            let followed = app
+                .branch
+                .as_ref()
+                .map(|branch| format!("refs/heads/{branch}"));
             match (pushed, followed) {
                 (Some(pushed), Some(followed)) if pushed == followed => {
                     app.control.fetch_now();

@@ -74,8 +74,8 @@ impl ActorKind {
             ActorKind::Git,
             ActorKind::Token,
         ]
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
     }
 }
 

@@ -33,6 +33,11 @@ fn checked_in_schemas_match_the_model() {
         state == wakafleet::plan::snapshot::schema_text(),
         "schemas/state.schema.json differs from plan::snapshot; run `cargo run -- schema` and commit"
     );
+    let openapi = std::fs::read_to_string(root.join("openapi.json")).unwrap_or_default();
+    assert!(
+        openapi == wakafleet::http::openapi::text(),
+        "schemas/openapi.json differs from what the API's code generates; run `cargo run -- schema` and commit"
+    );
 }
 
 /// Follows `$ref`, `allOf` and `anyOf` to the object schema a property stands for, if any.

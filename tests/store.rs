@@ -95,6 +95,7 @@ fn contracts() -> Vec<(&'static str, Contract)> {
         ("schedules", |f| Box::pin(schedules(f))),
         ("concurrent claims", |f| Box::pin(concurrent_claims(f))),
         ("leadership", |f| Box::pin(leadership(f))),
+        ("fingerprint", |f| Box::pin(fingerprint(f))),
     ]
 }
 
@@ -1821,4 +1822,37 @@ async fn stores_in_several_databases_of_one_server_can_be_made_at_once() {
             panic!("{error}: {cause:?}");
         }
     }
+}
+
+/// The fingerprint of what `status` shows moves with every change of it, and only then.
+async fn fingerprint(fixture: &Fixture) {
+    let store = &fixture.store;
+    let t0 = at("2026-05-01T10:00:00Z");
+    let mut last = store.fingerprint().await.expect("a fingerprint");
+    assert_eq!(
+        store.fingerprint().await.expect("again"),
+        last,
+        "nothing changed"
+    );
+    let mut moved = async |what: &str| {
+        let now = store.fingerprint().await.expect("a fingerprint");
+        assert_ne!(now, last, "{what} moves the fingerprint");
+        last = now;
+    };
+    let job = store
+        .enqueue(&new_job("fingerprinted", 5, t0), t0)
+        .await
+        .expect("a job");
+    moved("an enqueued job").await;
+    store.cancel(&job.id, t0).await.expect("cancelled");
+    moved("a cancelled job").await;
+    store
+        .retry(&job.id, t0)
+        .await
+        .expect_err("a cancelled job is not retried");
+    store
+        .put_daemon_state("reconcile", &serde_json::json!({"last": "now"}), t0)
+        .await
+        .expect("a report");
+    moved("the daemon's report").await;
 }

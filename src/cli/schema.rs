@@ -1,5 +1,6 @@
 //! `wakafleet schema [--out DIR]`: the JSON Schemas of the fleet file kinds, from `model`,
-//! and of the state snapshot, from `plan::snapshot`.
+//! of the state snapshot, from `plan::snapshot`, and the API's OpenAPI document, from
+//! `http::openapi`.
 
 use std::{fs, path::PathBuf, process::ExitCode};
 
@@ -23,9 +24,20 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
         fs::write(&path, text).map_err(|error| format!("writing `{}`: {error}", path.display()))?;
         cli::print(&format!("wrote {}\n", path.display()))?;
     }
-    let path = args.out.join("state.schema.json");
-    fs::write(&path, wakafleet::plan::snapshot::schema_text())
-        .map_err(|error| format!("writing `{}`: {error}", path.display()))?;
-    cli::print(&format!("wrote {}\n", path.display()))?;
+    for (name, text) in [
+        (
+            "state.schema.json",
+            wakafleet::plan::snapshot::schema_text(),
+        ),
+        ("openapi.json", wakafleet::http::openapi::text()),
+    ] {
+        let path = args.out.join(name);
+        fs::write(&path, text).map_err(|error| format!("writing `{}`: {error}", path.display()))?;
+        cli::print(&format!(
+            "wrote {}
+",
+            path.display()
+        ))?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -252,14 +252,13 @@ impl Leader {
             if tick {
                 next_tick = Instant::now() + self.options.interval;
             }
-            if tick || fetch {
-                if self.source.is_remote() {
-                    let source = Arc::clone(&self.source);
-                    match tokio::task::spawn_blocking(move || source.fetch()).await {
-                        Ok(Ok(())) => self.metrics.fetched(Utc::now()),
-                        Ok(Err(error)) => tracing::warn!(%error, "fetching the remote"),
-                        Err(error) => tracing::warn!(%error, "fetching the remote"),
-                    }
+            // A webhook's push is fetched at once, not at the next tick.
+            if (tick || fetch) && self.source.is_remote() {
+                let source = Arc::clone(&self.source);
+                match tokio::task::spawn_blocking(move || source.fetch()).await {
+                    Ok(Ok(())) => self.metrics.fetched(Utc::now()),
+                    Ok(Err(error)) => tracing::warn!(%error, "fetching the remote"),
+                    Err(error) => tracing::warn!(%error, "fetching the remote"),
                 }
             }
             let moved = self.look(term, seen).await;

@@ -280,11 +280,17 @@ impl Visible {
         if self.all() {
             return true;
         }
-        record
+        let by_resource = record
             .get("resource")
             .and_then(|resource| resource.as_str())
             .and_then(|resource| resource.strip_prefix("instance/"))
-            .is_some_and(|name| self.instance(name.split('/').next().unwrap_or(name)))
+            .is_some_and(|name| self.instance(name.split('/').next().unwrap_or(name)));
+        // A verb on a job names the job's instance.
+        let by_metadata = record
+            .pointer("/metadata/instance")
+            .and_then(|name| name.as_str())
+            .is_some_and(|name| self.instance(name));
+        by_resource || by_metadata
     }
 }
 
@@ -356,7 +362,7 @@ pub async fn status_for(app: &App, caller: &Caller) -> Result<status::Status, Ap
 
 #[utoipa::path(get, path = "/api/v1/status", tag = "fleet",
     responses((status = 200, description = "FLEET-FORMAT.md's Status JSON", body = status::Status),
-        (status = 401, body = crate::http::error::ErrorResponse)),
+        (status = 401, description = "no valid token", body = crate::http::error::ErrorResponse)),
     security(("bearer" = [])))]
 pub async fn status_of(
     State(app): State<Arc<App>>,
@@ -370,7 +376,7 @@ pub async fn status_of(
 }
 
 #[utoipa::path(get, path = "/api/v1/instances", tag = "fleet",
-    responses((status = 200, body = Instances), (status = 401, body = crate::http::error::ErrorResponse)),
+    responses((status = 200, description = "the answer", body = Instances), (status = 401, description = "no valid token", body = crate::http::error::ErrorResponse)),
     security(("bearer" = [])))]
 pub async fn instances(
     State(app): State<Arc<App>>,
@@ -459,7 +465,7 @@ async fn newest_audit(
 
 #[utoipa::path(get, path = "/api/v1/instances/{name}", tag = "fleet",
     params(("name" = String, Path, description = "the instance")),
-    responses((status = 200, body = InstanceDetail), (status = 404, body = crate::http::error::ErrorResponse)),
+    responses((status = 200, description = "the answer", body = InstanceDetail), (status = 404, description = "no such thing, or not in the token's scope", body = crate::http::error::ErrorResponse)),
     security(("bearer" = [])))]
 pub async fn instance(
     State(app): State<Arc<App>>,
@@ -508,7 +514,7 @@ pub async fn jobs_for(
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobQuery),
-    responses((status = 200, body = Jobs), (status = 400, body = crate::http::error::ErrorResponse)),
+    responses((status = 200, description = "the answer", body = Jobs), (status = 400, description = "a malformed request", body = crate::http::error::ErrorResponse)),
     security(("bearer" = [])))]
 pub async fn jobs(
     State(app): State<Arc<App>>,
@@ -544,7 +550,7 @@ async fn visible_job(app: &App, caller: &Caller, id: &str) -> Result<Job, ApiErr
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "the job")),
-    responses((status = 200, body = JobDetail), (status = 404, body = crate::http::error::ErrorResponse)),
+    responses((status = 200, description = "the answer", body = JobDetail), (status = 404, description = "no such thing, or not in the token's scope", body = crate::http::error::ErrorResponse)),
     security(("bearer" = [])))]
 pub async fn job(
     State(app): State<Arc<App>>,
@@ -589,8 +595,8 @@ async fn job_verb(
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs",
     params(("id" = String, Path, description = "the job")),
     responses((status = 200, description = "the job, pending again", body = JobSummary),
-        (status = 403, body = crate::http::error::ErrorResponse),
-        (status = 404, body = crate::http::error::ErrorResponse),
+        (status = 403, description = "the token may not do this", body = crate::http::error::ErrorResponse),
+        (status = 404, description = "no such thing, or not in the token's scope", body = crate::http::error::ErrorResponse),
         (status = 409, description = "the job cannot be retried now", body = crate::http::error::ErrorResponse)),
     security(("bearer" = [])))]
 pub async fn retry(
@@ -607,8 +613,8 @@ pub async fn retry(
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
     params(("id" = String, Path, description = "the job")),
     responses((status = 200, description = "the job, cancelled or cancelling", body = JobSummary),
-        (status = 403, body = crate::http::error::ErrorResponse),
-        (status = 404, body = crate::http::error::ErrorResponse),
+        (status = 403, description = "the token may not do this", body = crate::http::error::ErrorResponse),
+        (status = 404, description = "no such thing, or not in the token's scope", body = crate::http::error::ErrorResponse),
         (status = 409, description = "the job has ended", body = crate::http::error::ErrorResponse)),
     security(("bearer" = [])))]
 pub async fn cancel(
@@ -650,7 +656,7 @@ pub async fn plan_for(app: &App, caller: &Caller) -> Result<(plan::Plan, String)
 
 #[utoipa::path(get, path = "/api/v1/plan", tag = "fleet",
     responses((status = 200, description = "FLEET-FORMAT.md's Plan JSON", body = Object),
-        (status = 503, body = crate::http::error::ErrorResponse)),
+        (status = 503, description = "unavailable now", body = crate::http::error::ErrorResponse)),
     security(("bearer" = [])))]
 pub async fn plan_now(
     State(app): State<Arc<App>>,
@@ -670,16 +676,21 @@ pub async fn plan_now(
 
 #[utoipa::path(get, path = "/api/v1/state", tag = "fleet",
     responses((status = 200, description = "the snapshot `state export` writes (schemas/state.schema.json)", body = Object),
-        (status = 403, body = crate::http::error::ErrorResponse)),
+        (status = 403, description = "the token may not do this", body = crate::http::error::ErrorResponse)),
     security(("bearer" = [])))]
 pub async fn state(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
     if caller.scope != Scope::All {
-        return Err(ApiError::forbidden(
-            "the state covers the whole fleet: it needs a token without a partner or tenant scope",
-        ));
+        return Err(caller
+            .forbid(
+                &app,
+                "api.refused",
+                "http/api/v1/state",
+                "the state covers the whole fleet: it needs a token without a partner or tenant scope",
+            )
+            .await);
     }
     let snapshot = app.store.snapshot().await?;
     let text = serde_json::to_vec(&snapshot).expect("a snapshot serializes");
@@ -761,7 +772,7 @@ pub async fn audit_page(
 }
 
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 400, body = crate::http::error::ErrorResponse)),
+    responses((status = 200, description = "the answer", body = AuditPage), (status = 400, description = "a malformed request", body = crate::http::error::ErrorResponse)),
     security(("bearer" = [])))]
 pub async fn audit(
     State(app): State<Arc<App>>,
@@ -835,20 +846,20 @@ pub async fn audit_export(
 async fn fleet_verb(app: &App, caller: &Caller, action: &str) -> Result<(), ApiError> {
     caller.require_operator(app, action, "reconcile").await?;
     if caller.scope != Scope::All {
-        let mut record = caller.record(action, "reconcile");
-        record.result = Outcome::Failure;
-        record.error = Some("refused: a scoped token cannot run fleet-wide verbs".to_string());
-        record.metadata.insert("code".into(), 403.into());
-        app.store.append_one(record).await?;
-        return Err(ApiError::forbidden(
-            "reconciliation is fleet-wide: it needs a token without a partner or tenant scope",
-        ));
+        return Err(caller
+            .forbid(
+                app,
+                action,
+                "reconcile",
+                "reconciliation is fleet-wide: it needs a token without a partner or tenant scope",
+            )
+            .await);
     }
     Ok(())
 }
 
 #[utoipa::path(post, path = "/api/v1/reconcile", tag = "reconcile",
-    responses((status = 202, body = Done), (status = 403, body = crate::http::error::ErrorResponse)),
+    responses((status = 202, description = "accepted", body = Done), (status = 403, description = "the token may not do this", body = crate::http::error::ErrorResponse)),
     security(("bearer" = [])))]
 pub async fn reconcile_now(
     State(app): State<Arc<App>>,
@@ -903,7 +914,7 @@ async fn set_pause(app: &App, caller: &Caller, paused: bool) -> Result<Json<Done
 }
 
 #[utoipa::path(post, path = "/api/v1/reconcile/pause", tag = "reconcile",
-    responses((status = 200, body = Done), (status = 403, body = crate::http::error::ErrorResponse)),
+    responses((status = 200, description = "the answer", body = Done), (status = 403, description = "the token may not do this", body = crate::http::error::ErrorResponse)),
     security(("bearer" = [])))]
 pub async fn pause(
     State(app): State<Arc<App>>,
@@ -913,7 +924,7 @@ pub async fn pause(
 }
 
 #[utoipa::path(post, path = "/api/v1/reconcile/resume", tag = "reconcile",
-    responses((status = 200, body = Done), (status = 403, body = crate::http::error::ErrorResponse)),
+    responses((status = 200, description = "the answer", body = Done), (status = 403, description = "the token may not do this", body = crate::http::error::ErrorResponse)),
     security(("bearer" = [])))]
 pub async fn resume(
     State(app): State<Arc<App>>,

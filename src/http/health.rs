@@ -119,7 +119,7 @@ async fn redis_check(queue: &Queue) -> Option<Check> {
 }
 
 #[utoipa::path(get, path = "/health", tag = "health",
-    responses((status = 200, body = Health), (status = 503, body = Health)))]
+    responses((status = 200, description = "healthy or degraded", body = Health), (status = 503, description = "unhealthy", body = Health)))]
 pub async fn health(State(app): State<Arc<App>>) -> Response {
     let mut checks = std::collections::BTreeMap::new();
     checks.insert("database", store_check(&app).await);
@@ -130,7 +130,7 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
 }
 
 #[utoipa::path(get, path = "/health/database", tag = "health",
-    responses((status = 200, body = Health), (status = 503, body = Health)))]
+    responses((status = 200, description = "healthy or degraded", body = Health), (status = 503, description = "unhealthy", body = Health)))]
 pub async fn database(State(app): State<Arc<App>>) -> Response {
     let mut checks = std::collections::BTreeMap::new();
     checks.insert("database", store_check(&app).await);
@@ -138,7 +138,7 @@ pub async fn database(State(app): State<Arc<App>>) -> Response {
 }
 
 #[utoipa::path(get, path = "/health/redis", tag = "health",
-    responses((status = 200, body = Health), (status = 503, body = Health),
+    responses((status = 200, description = "healthy or degraded", body = Health), (status = 503, description = "unhealthy", body = Health),
         (status = 404, description = "the queue is in-process", body = crate::http::error::ErrorResponse)))]
 pub async fn redis(State(app): State<Arc<App>>) -> Response {
     match redis_check(&app.queue).await {
@@ -149,7 +149,7 @@ pub async fn redis(State(app): State<Arc<App>>) -> Response {
 }
 
 #[utoipa::path(get, path = "/health/status", tag = "health",
-    responses((status = 200, body = Health), (status = 503, body = Health)))]
+    responses((status = 200, description = "healthy or degraded", body = Health), (status = 503, description = "unhealthy", body = Health)))]
 pub async fn reconcile(State(app): State<Arc<App>>) -> Response {
     let mut checks = std::collections::BTreeMap::new();
     let now = Utc::now();

@@ -145,12 +145,17 @@ pub async fn serve(
 /// `GET /metrics`: Prometheus's text format; the fleet's figures need an unscoped token.
 async fn metrics(
     State(app): State<Arc<App>>,
-    caller: axum::Extension<auth::Caller>,
+    axum::Extension(caller): axum::Extension<auth::Caller>,
 ) -> Result<Response, ApiError> {
     if caller.scope != auth::Scope::All {
-        return Err(ApiError::forbidden(
-            "the metrics cover the whole fleet: they need a token without a partner or tenant scope",
-        ));
+        return Err(caller
+            .forbid(
+                &app,
+                "api.refused",
+                "http/metrics",
+                "the metrics cover the whole fleet: they need a token without a partner or tenant scope",
+            )
+            .await);
     }
     let text = app.metrics.render(&app.store).await?;
     let mut response = Response::new(axum::body::Body::from(text));

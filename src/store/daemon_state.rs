@@ -98,7 +98,7 @@ impl Store {
                     "SELECT (SELECT COUNT(*) FROM instances), \
                      (SELECT COALESCE(MAX(updated_at_us), 0) FROM instances), \
                      (SELECT COUNT(*) FROM jobs), \
-                     (SELECT COALESCE(SUM(attempts), 0) FROM jobs), \
+                     (SELECT CAST(COALESCE(SUM(attempts), 0) AS BIGINT) FROM jobs), \
                      (SELECT COALESCE(MAX(not_before_us), 0) FROM jobs), \
                      (SELECT COALESCE(MAX(finished_at_us), 0) FROM jobs), \
                      (SELECT COALESCE(MAX(cancel_requested_at_us), 0) FROM jobs), \

@@ -222,6 +222,11 @@ impl World {
 
     /// Starts `wakafleet run PATH` that keeps running, with `extra` arguments.
     pub fn start_on(&self, path: &Path, extra: &[&str]) -> Running {
+        self.start_with(path, extra, &[])
+    }
+
+    /// [`World::start_on`] with more variables in the daemon's environment.
+    pub fn start_with(&self, path: &Path, extra: &[&str], env: &[(&str, &str)]) -> Running {
         let label = self.label();
         let stderr = self
             .state
@@ -234,6 +239,7 @@ impl World {
             .args(extra)
             .current_dir(self.repo.path())
             .envs(self.env())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&stderr).expect("a log file"))

@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod docker;
+pub mod http;
 pub mod jobs;
 pub mod postgres;
 pub mod redis;

@@ -276,6 +276,29 @@ async fn every_route_answers_as_documented(world: World) {
         "{state}"
     );
 
+    // `plan --state` reads the same snapshot from the daemon, with the token from the
+    // environment: nothing to do.
+    let url = format!("http://{}", face.address);
+    let planned = common::wakafleet_with(
+        face.world.repo_path(),
+        &["plan", "fleet", "--state", &url, "--format", "json"],
+        &[("WAKAFLEET_TOKEN", &view)],
+        std::time::Duration::from_secs(60),
+    );
+    let planned: Value =
+        serde_json::from_str(&common::stdout_of_success(&planned)).expect("a plan");
+    assert_eq!(planned["summary"]["total"], 0, "{planned}");
+    let refused = common::wakafleet_with(
+        face.world.repo_path(),
+        &["plan", "fleet", "--state", &url],
+        &[("WAKAFLEET_TOKEN", "wf1.view.wrong")],
+        std::time::Duration::from_secs(60),
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("answered 401"),
+        "{refused:?}"
+    );
+
     // Pause, reconcile now, resume: the status shows the pause.
     answers.keep(
         "/api/v1/reconcile/pause",

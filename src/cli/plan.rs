@@ -30,9 +30,10 @@ pub struct Args {
     /// Plan against the converged state of this commit of the repository holding PATH.
     #[arg(long, value_name = "REF", conflicts_with = "state")]
     pub base: Option<String>,
-    /// Plan against a state snapshot written by `wakafleet state export`.
-    #[arg(long, value_name = "FILE")]
-    pub state: Option<PathBuf>,
+    /// Plan against a state snapshot written by `wakafleet state export`, or the one a
+    /// running daemon serves (`http://HOST:PORT`, with the token in `WAKAFLEET_TOKEN`).
+    #[arg(long, value_name = "FILE|URL")]
+    pub state: Option<String>,
     /// Plan this commit instead of the work tree at PATH.
     #[arg(long, value_name = "REF")]
     pub head: Option<String>,
@@ -109,7 +110,10 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
             };
             (plan::converged_base(base_fleet.fleet()), commit)
         }
-        (None, Some(file)) => (read_snapshot(file)?, None),
+        (None, Some(source)) if source.starts_with("http://") || source.starts_with("https://") => {
+            (cli::store::block_on(read_served_snapshot(source))??, None)
+        }
+        (None, Some(file)) => (read_snapshot(std::path::Path::new(file))?, None),
         (None, None) => (cli::store::block_on(read_store(&args.store))??, None),
     };
 
@@ -137,6 +141,63 @@ fn read_snapshot(file: &std::path::Path) -> Result<plan::Actual, cli::Error> {
     let text = cli::read_limited(file, "state snapshot")?;
     Ok(plan::snapshot::parse(&text)
         .map_err(|error| format!("reading state snapshot `{}`: {error}", file.display()))?)
+}
+
+/// The largest snapshot read from a daemon (a 100,000-entity fleet's is some 30 MB).
+const MAX_SERVED_SNAPSHOT: u64 = 256 << 20;
+
+/// The snapshot a daemon serves at `GET /api/v1/state`, read with the token in
+/// `WAKAFLEET_TOKEN`.
+async fn read_served_snapshot(url: &str) -> Result<plan::Actual, cli::Error> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!(
+            "`{url}`: this wakafleet is built without TLS; reach the daemon over http:// (a tunnel, or its loopback address) or plan against `wakafleet state export`'s file"
+        )
+        .into());
+    };
+    let (address, path) = match rest.split_once('/') {
+        Some((address, path)) if !path.is_empty() => (address, format!("/{path}")),
+        _ => (address_of(rest), "/api/v1/state".to_string()),
+    };
+    let token = std::env::var("WAKAFLEET_TOKEN").map_err(|_| {
+        "reading the state from a daemon needs its token in WAKAFLEET_TOKEN (`wakafleet token create` makes one)"
+    })?;
+    let authorization = format!("Bearer {token}");
+    let (status, body) = wakafleet::driver::http::send(
+        address,
+        &wakafleet::driver::http::Exchange {
+            method: "GET",
+            path: &path,
+            headers: &[
+                ("Authorization", &authorization),
+                ("Accept", "application/json"),
+            ],
+            body: b"",
+            max_response: MAX_SERVED_SNAPSHOT,
+            limit: std::time::Duration::from_secs(120),
+        },
+    )
+    .await?;
+    let text = String::from_utf8_lossy(&body);
+    if status != 200 {
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|error| {
+                error
+                    .pointer("/error/message")?
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| text.chars().take(200).collect());
+        return Err(format!("the daemon at {address} answered {status}: {message}").into());
+    }
+    Ok(plan::snapshot::parse(&text)
+        .map_err(|error| format!("the state the daemon at {address} served: {error}"))?)
+}
+
+/// `HOST:PORT` of `HOST:PORT/…`.
+fn address_of(rest: &str) -> &str {
+    rest.split('/').next().unwrap_or(rest)
 }
 
 /// The actual state the store records.

@@ -1,5 +1,5 @@
-//! Just enough HTTP/1.1 to smoke-test an instance: one request per connection, JSON bodies,
-//! a time limit, and a cap on what is read.
+//! Just enough HTTP/1.1 to smoke-test an instance, and for `plan --state` to read a daemon's
+//! state: one request per connection, a time limit, and a cap on what is read.
 
 use std::time::Duration;
 
@@ -19,68 +19,114 @@ pub async fn request(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<(u16, String), String> {
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        exchange(address, method, path, body),
+    let body = body.map(serde_json::Value::to_string).unwrap_or_default();
+    let (status, body) = send(
+        address,
+        &Exchange {
+            method,
+            path,
+            headers: &[("Content-Type", "application/json")],
+            body: body.as_bytes(),
+            max_response: MAX_RESPONSE,
+            limit: Duration::from_secs(10),
+        },
     )
-    .await
-    .map_err(|_| format!("{method} {path} on {address} took more than 10 s"))?
+    .await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-async fn exchange(
-    address: &str,
-    method: &str,
-    path: &str,
-    body: Option<&serde_json::Value>,
-) -> Result<(u16, String), String> {
+/// One request: what is sent, and how much of the answer, and for how long, is waited for.
+pub struct Exchange<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: &'a [u8],
+    /// Answers longer than this are cut off (and then fail to parse, as they should).
+    pub max_response: u64,
+    pub limit: Duration,
+}
+
+/// Sends `exchange` to `address` and returns the status code and the body's bytes.
+///
+/// # Errors
+/// In words, when the server cannot be reached, does not answer HTTP, or takes longer than
+/// the exchange's limit.
+pub async fn send(address: &str, exchange: &Exchange<'_>) -> Result<(u16, Vec<u8>), String> {
+    let (method, path) = (exchange.method, exchange.path);
+    tokio::time::timeout(exchange.limit, send_now(address, exchange))
+        .await
+        .map_err(|_| {
+            format!(
+                "{method} {path} on {address} took more than {} s",
+                exchange.limit.as_secs()
+            )
+        })?
+}
+
+async fn send_now(address: &str, exchange: &Exchange<'_>) -> Result<(u16, Vec<u8>), String> {
     let mut stream = TcpStream::connect(address)
         .await
         .map_err(|error| format!("connecting to {address}: {error}"))?;
-    let body = body.map(serde_json::Value::to_string).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    let mut request = format!(
+        "{} {} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        exchange.method,
+        exchange.path,
+        exchange.body.len()
     );
+    for (name, value) in exchange.headers {
+        request += &format!("{name}: {value}\r\n");
+    }
+    request += "\r\n";
     stream
         .write_all(request.as_bytes())
         .await
         .map_err(|error| format!("sending to {address}: {error}"))?;
+    stream
+        .write_all(exchange.body)
+        .await
+        .map_err(|error| format!("sending to {address}: {error}"))?;
     let mut response = Vec::new();
     stream
-        .take(MAX_RESPONSE)
+        .take(exchange.max_response)
         .read_to_end(&mut response)
         .await
         .map_err(|error| format!("reading from {address}: {error}"))?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let split = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .unwrap_or(response.len());
+    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+    let body = response.get(split + 4..).unwrap_or_default();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| format!("{address} did not answer HTTP"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    let body = if head.contains("transfer-encoding: chunked") {
         dechunk(body)
     } else {
-        body.to_string()
+        body.to_vec()
     };
     Ok((status, body))
 }
 
-/// The body of a chunked response.
-fn dechunk(mut text: &str) -> String {
-    let mut body = String::new();
-    while let Some((size, rest)) = text.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+/// The body of a chunked response; what follows a malformed chunk is dropped.
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(end) = rest.windows(2).position(|window| window == b"\r\n") {
+        let size = std::str::from_utf8(&rest[..end]).ok().and_then(|size| {
+            usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).ok()
+        });
+        let Some(size) = size else {
             break;
         };
-        if size == 0 || rest.len() < size {
+        rest = &rest[end + 2..];
+        let Some(chunk) = rest.get(..size).filter(|_| size > 0) else {
             break;
-        }
-        body.push_str(&rest[..size]);
-        text = rest[size..].trim_start_matches("\r\n");
+        };
+        body.extend_from_slice(chunk);
+        rest = rest.get(size..).unwrap_or_default();
+        rest = rest.strip_prefix(b"\r\n").unwrap_or(rest);
     }
     body
 }
@@ -91,7 +137,13 @@ mod tests {
 
     #[test]
     fn chunked_bodies_are_joined() {
-        assert_eq!(dechunk("4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n"), "Wikipedia");
-        assert_eq!(dechunk("zz\r\n"), "");
+        assert_eq!(
+            dechunk(b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n"),
+            b"Wikipedia"
+        );
+        assert_eq!(dechunk(b"zz\r\n"), b"");
+        // A size that cuts a character in two, or runs past the end, is no panic.
+        assert_eq!(dechunk("1\r\né\r\n".as_bytes()), [0xc3]);
+        assert_eq!(dechunk(b"ff\r\nshort"), b"");
     }
 }

@@ -696,3 +696,53 @@ async fn the_webhook_checks_githubs_signature_refuses_replays_and_a_push_reconci
     assert_eq!(face.world.audit("webhook.received").len(), 3);
     face.world.audit_verifies();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_requests_get_clear_errors_and_the_daemon_goes_on() {
+    let world = World::new().await;
+    let face = Face::start(world, &["--workers", "0"], "").await;
+    let view = face.viewer.clone();
+    let error_code = |answer: &Answer| answer.json()["error"]["code"].clone();
+
+    let malformed = face.get("/api/v1/jobs?limit=many", &view);
+    assert_eq!(malformed.status, 400, "{}", malformed.text());
+    assert_eq!(error_code(&malformed), "VALIDATION_ERROR");
+    let traversal = face.get("/api/v1/instances/..%2F..%2Fetc%2Fpasswd", &view);
+    assert_eq!(traversal.status, 404);
+    assert_eq!(error_code(&traversal), "NOT_FOUND");
+    let unknown = face.get("/api/v1/nothing-here", &view);
+    assert_eq!(unknown.status, 404);
+    assert_eq!(error_code(&unknown), "NOT_FOUND");
+    let method = face.send(&Request {
+        method: "BREW",
+        ..Request::get("/api/v1/status").bearer(&view)
+    });
+    assert!(method.status == 404 || method.status == 405, "{method:?}");
+    assert!(error_code(&method).is_string());
+    let huge_limit = face.get("/api/v1/audit?limit=99999999999999999999", &view);
+    assert_eq!(huge_limit.status, 400);
+    let not_utf8 =
+        face.send(&Request::get("/api/v1/status").header("Authorization", "Bearer \u{fffd}"));
+    assert_eq!(not_utf8.status, 401);
+
+    // A body far past GitHub's largest is refused before anything else reads it.
+    let body = vec![b'x'; 6 << 20];
+    let big = face.send(&delivery("push", &body, "sha256=00"));
+    assert_eq!(big.status, 400, "{}", big.text());
+    assert_eq!(error_code(&big), "VALIDATION_ERROR");
+
+    // Bytes that are not HTTP: the connection is dropped, the daemon goes on.
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(face.address).expect("a connection");
+        stream
+            .write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n")
+            .expect("garbage sent");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+    }
+    let health = face.send(&Request::get("/health"));
+    assert_eq!(health.status, 200);
+    assert_eq!(face.get("/api/v1/status", &view).status, 200);
+    face.world.audit_verifies();
+}

@@ -29,7 +29,8 @@ pub enum Code {
 }
 
 impl Code {
-    fn status(self) -> StatusCode {
+    /// The HTTP status a response with this code carries.
+    pub fn status(self) -> StatusCode {
         match self {
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,

@@ -660,7 +660,7 @@ impl Leader {
             "paused": paused,
             "leader": self.options.holder,
             "epoch": term.epoch,
-            "last": seen.last_pass.map(|at| at.to_rfc3339()),
+            "last": seen.last_pass.map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
             "source": self.source.describe(),
             "seen": seen.head,
             "valid": seen.refusal.is_none(),

@@ -299,9 +299,10 @@ fn waiting_for(action: &Action) -> Option<String> {
                 .as_ref()
                 .map(|to| format!(" to {to}"))
                 .unwrap_or_default(),
-            action
-                .not_before
-                .map_or_else(|| "its window".to_string(), |at| at.to_rfc3339()),
+            action.not_before.map_or_else(
+                || "its window".to_string(),
+                |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
             action.reason
         )),
         (Status::Blocked, kind) => Some(format!(

@@ -81,7 +81,7 @@ pub struct Args {
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = cli::worker::parse_label)]
     pub labels: Vec<(String, String)>,
     /// Where the HTTP API, health, metrics and dashboard listen (127.0.0.1:8080 by
-    /// default); `off` serves nothing.
+    /// default, nowhere with `--once` unless given); `off` serves nothing.
     #[arg(long, value_name = "ADDRESS")]
     pub listen: Option<String>,
 }
@@ -160,11 +160,14 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
     } else {
         None
     };
+    // A `--once` run is a CI step or a cron job: it serves only when asked to, so two of
+    // them never fight over the default port.
     let listen = args
         .listen
         .clone()
         .or(config.api.listen.clone())
-        .unwrap_or_else(|| LISTEN.to_string());
+        .or_else(|| (!args.once).then(|| LISTEN.to_string()))
+        .filter(|listen| listen != "off");
     let webhook_secret = match &config.source.webhook_secret {
         Some(reference) => Some(resolve_env(reference, "webhook_secret")?),
         None => None,
@@ -236,7 +239,7 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
         let control = Arc::new(Control::default());
         let metrics = Arc::new(Metrics::new());
         let http_stop = CancellationToken::new();
-        if listen != "off" {
+        if let Some(listen) = listen {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|error| format!("listening on {listen}: {error}"))?;

@@ -232,10 +232,17 @@ impl World {
             .state
             .path()
             .join(format!("run-{}.stderr", uuid::Uuid::new_v4().simple()));
+        // Daemons of tests running side by side must not fight over the default port.
+        let listen: &[&str] = if extra.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "off"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_wakafleet"))
             .arg("run")
             .arg(path)
             .args(["--store", &self.store_url, "--label", &label])
+            .args(listen)
             .args(extra)
             .current_dir(self.repo.path())
             .envs(self.env())

@@ -746,3 +746,252 @@ async fn hostile_requests_get_clear_errors_and_the_daemon_goes_on() {
     assert_eq!(face.get("/api/v1/status", &view).status, 200);
     face.world.audit_verifies();
 }
+
+/// A `/metrics` answer as Prometheus's Python client parsed it.
+struct Scrape(Vec<Value>);
+
+impl Scrape {
+    /// Scrapes `face` with `token` and parses the answer; it must be valid OpenMetrics.
+    fn of(face: &Face, token: &str) -> Scrape {
+        let answer = face.get("/metrics", token);
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        );
+        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python");
+        assert!(
+            python.exists(),
+            "the tests' Python venv is missing: run scripts/test, or `python3 -m venv target/test-venv && target/test-venv/bin/pip install jsonschema prometheus_client`"
+        );
+        let mut child = Command::new(python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/openmetrics_parse.py"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &answer.body)
+            .expect("the metrics");
+        let output = child.wait_with_output().expect("the parser");
+        assert!(
+            output.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            answer.text()
+        );
+        Scrape(serde_json::from_slice(&output.stdout).expect("the samples as JSON"))
+    }
+
+    /// The samples named `name` whose labels include `labels`.
+    fn matching(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Value> {
+        self.0
+            .iter()
+            .filter(|sample| {
+                sample["name"] == name
+                    && labels
+                        .iter()
+                        .all(|(key, value)| sample["labels"][*key] == *value)
+            })
+            .collect()
+    }
+
+    /// The value of the one sample named `name` with `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let found = self.matching(name, labels);
+        assert_eq!(found.len(), 1, "one {name} {labels:?} in {:?}", self.0);
+        found[0]["value"].as_f64().expect("a number")
+    }
+
+    /// The sum of the samples named `name` with `labels`.
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels)
+            .iter()
+            .map(|sample| sample["value"].as_f64().expect("a number"))
+            .sum()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[expect(clippy::cast_precision_loss, reason = "the counts compared are small")]
+async fn metrics_parse_as_openmetrics_and_agree_with_the_store() {
+    docker_ok();
+    let world = World::new().await;
+    world.instance("alpha", "1.0.0", "");
+    world.instance("beta", "1.0.0", "");
+    world.commit("Add alpha and beta");
+    let (alpha, beta) = (world.name("alpha"), world.name("beta"));
+    let face = Face::start(world, &["--interval", "5"], "").await;
+    let view = face.viewer.clone();
+    until("alpha and beta to be provisioned", async || {
+        let status = face.get("/api/v1/status", &view).json();
+        let instances = status["instances"].as_array()?;
+        (instances.len() == 2
+            && instances
+                .iter()
+                .all(|instance| instance["status"] == "active"))
+        .then_some(())
+    })
+    .await;
+
+    let records_before = face.world.audit("").len() as f64;
+    let scrape = Scrape::of(&face, &view);
+    let records_after = face.world.audit("").len() as f64;
+    assert_eq!(scrape.value("wakafleet_store_up", &[]), 1.0);
+    assert_eq!(scrape.value("wakafleet_leader", &[]), 1.0);
+
+    // Instances, as the status shows them.
+    let status = face.world.status();
+    let active = status["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .filter(|instance| instance["status"] == "active")
+        .count();
+    assert_eq!(active, 2);
+    assert_eq!(
+        scrape.value("wakafleet_instances", &[("status", "active")]),
+        active as f64
+    );
+    assert_eq!(
+        scrape.value("wakafleet_instances", &[("status", "failed")]),
+        0.0
+    );
+    for name in [&alpha, &beta] {
+        let labels = [
+            ("instance", name.as_str()),
+            ("version", "1.0.0"),
+            ("channel", "manual"),
+            ("status", "active"),
+        ];
+        assert_eq!(scrape.value("wakafleet_instance_info", &labels), 1.0);
+    }
+
+    // Jobs, as the store lists them: two provisions that succeeded.
+    let jobs = face.world.jobs();
+    let provisions = jobs
+        .iter()
+        .filter(|job| job["kind"] == "provision" && job["status"] == "succeeded")
+        .count();
+    assert_eq!(provisions, 2);
+    assert_eq!(
+        scrape.value(
+            "wakafleet_jobs",
+            &[("kind", "provision"), ("status", "succeeded")]
+        ),
+        provisions as f64
+    );
+    assert_eq!(
+        scrape.sum("wakafleet_jobs", &[("status", "pending")]),
+        scrape.value("wakafleet_queue_depth", &[]) + scrape.value("wakafleet_queue_deferred", &[]),
+        "every pending job is ready or deferred"
+    );
+    assert_eq!(scrape.value("wakafleet_dead_jobs", &[]), 0.0);
+
+    // What the jobs did, as the audit log records it.
+    let ends = face.world.audit("instance.provision.end");
+    let succeeded = ends
+        .iter()
+        .filter(|record| record["result"] == "success")
+        .count();
+    assert_eq!(succeeded, 2, "{ends:?}");
+    assert_eq!(
+        scrape.value("wakafleet_provisions_total", &[("result", "success")]),
+        succeeded as f64
+    );
+    assert_eq!(
+        scrape.value("wakafleet_provisions_total", &[("result", "failure")]),
+        (ends.len() - succeeded) as f64
+    );
+    assert_eq!(
+        scrape.value(
+            "wakafleet_job_attempts_total",
+            &[("kind", "provision"), ("result", "success")]
+        ),
+        succeeded as f64
+    );
+    let seconds: f64 = ends
+        .iter()
+        .map(|record| {
+            record["metadata"]["duration_ms"]
+                .as_f64()
+                .expect("an end record carries its duration")
+                / 1000.0
+        })
+        .sum();
+    assert_eq!(
+        scrape.value(
+            "wakafleet_job_duration_seconds_count",
+            &[("kind", "provision")]
+        ),
+        ends.len() as f64
+    );
+    let summed = scrape.value(
+        "wakafleet_job_duration_seconds_sum",
+        &[("kind", "provision")],
+    );
+    assert!(
+        (summed - seconds).abs() < 1e-6,
+        "{summed} against {seconds}"
+    );
+    let activations = face.world.audit("instance.provision.step.activate").len();
+    assert_eq!(
+        scrape.value(
+            "wakafleet_step_duration_seconds_count",
+            &[("kind", "provision"), ("step", "activate")]
+        ),
+        activations as f64
+    );
+    let records = scrape.value("wakafleet_audit_records_total", &[]);
+    assert!(
+        (records_before..=records_after).contains(&records),
+        "{records} records, the log held {records_before} before and {records_after} after"
+    );
+    assert!(
+        scrape.value(
+            "wakafleet_http_requests_total",
+            &[
+                ("route", "/api/v1/status"),
+                ("method", "GET"),
+                ("code", "200")
+            ]
+        ) >= 1.0
+    );
+
+    // A terminated instance's series go with it.
+    face.world
+        .instance("beta", "1.0.0", "state = \"terminated\"\n");
+    face.world.commit("Terminate beta");
+    let reconcile = face.post("/api/v1/reconcile", &face.operator);
+    assert_eq!(reconcile.status, 202, "{}", reconcile.text());
+    until("beta to be terminated", async || {
+        (face.world.status_of("beta")["status"] == "terminated").then_some(())
+    })
+    .await;
+    let scrape = Scrape::of(&face, &view);
+    assert!(
+        scrape
+            .matching("wakafleet_instance_info", &[("instance", beta.as_str())])
+            .is_empty(),
+        "{:?}",
+        scrape.0
+    );
+    assert_eq!(
+        scrape
+            .matching("wakafleet_instance_info", &[("instance", alpha.as_str())])
+            .len(),
+        1
+    );
+    assert_eq!(
+        scrape.value("wakafleet_instances", &[("status", "terminated")]),
+        1.0
+    );
+    assert_eq!(
+        scrape.value(
+            "wakafleet_jobs",
+            &[("kind", "terminate"), ("status", "succeeded")]
+        ),
+        1.0
+    );
+    face.daemon.kill();
+}

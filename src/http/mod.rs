@@ -157,11 +157,26 @@ async fn metrics(
             )
             .await);
     }
-    let text = app.metrics.render(&app.store).await?;
+    // A store that does not answer is a figure too: `wakafleet_store_up 0`, with this
+    // process's own metrics still served.
+    let fleet = match api::current(&app).await {
+        Ok((status, _, _)) => app
+            .metrics
+            .fleet(&app.store, status)
+            .await
+            .map_err(ApiError::from),
+        Err(error) => Err(error),
+    };
+    let fleet = fleet
+        .inspect_err(
+            |error| tracing::warn!(error = %error.message, "/metrics: the store did not answer"),
+        )
+        .ok();
+    let text = app.metrics.render(fleet);
     let mut response = Response::new(axum::body::Body::from(text));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     Ok(response)
 }

@@ -81,6 +81,8 @@ struct Run<'a> {
     ran: BTreeSet<usize>,
     renewal: watch::Receiver<Renewal>,
     lost: CancellationToken,
+    /// When this attempt began, for the duration its end record carries.
+    began: Instant,
 }
 
 /// What a step came to.
@@ -99,6 +101,7 @@ impl Runner {
     /// Fails when the store stays away: the job is then left to its lease, and the reaper
     /// returns it to the queue.
     pub async fn run(&self, job: Job, stop: &CancellationToken) -> Result<Ended, Error> {
+        let began = Instant::now();
         let lease = job.lease();
         let (renewals, renewal) = watch::channel(Renewal::Held);
         let lost = CancellationToken::new();
@@ -127,6 +130,7 @@ impl Runner {
                     ran: BTreeSet::new(),
                     renewal,
                     lost,
+                    began,
                 };
                 return self.fail(&mut run, &error, None).await;
             }
@@ -153,6 +157,7 @@ impl Runner {
             recorded,
             renewal,
             lost,
+            began,
         };
         for (position, step) in run.workflow.iter().enumerate() {
             let Some(record) = run.recorded.get(&index(position)) else {
@@ -476,6 +481,9 @@ impl Runner {
         record
             .metadata
             .insert("status".into(), serde_json::json!(job.status.as_str()));
+        record
+            .metadata
+            .insert("duration_ms".into(), duration_ms(run.began.elapsed()));
         self.store.append_one(record).await?;
         Ok(ended)
     }

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod daemon_state;
 pub mod jobs;
 pub mod leadership;
+pub mod metrics;
 pub mod secrets;
 pub mod state;
 

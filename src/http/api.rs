@@ -13,6 +13,7 @@
 use std::{
     collections::BTreeSet,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -180,9 +181,52 @@ pub struct Cache {
 #[derive(Clone)]
 struct Rendered {
     fingerprint: Fingerprint,
+    /// When the store's fingerprint was last found equal to `fingerprint`; none once a
+    /// request through this process may have changed what the status shows.
+    checked: Option<Instant>,
     status: Arc<status::Status>,
     status_json: Bytes,
     instances_json: Bytes,
+}
+
+/// How long a rendered status is served without asking the store whether it changed: a
+/// fingerprint costs a dozen aggregates over the fleet's tables, which at a thousand reads a
+/// second would cost more than the reads. What this process is asked to change (any request
+/// but a read) is seen at once; what the leader's passes and the workers change, within this.
+pub const FRESH_FOR: Duration = Duration::from_secs(1);
+
+impl Cache {
+    /// The next read asks the store again.
+    pub fn invalidate(&self) {
+        if let Some(rendered) = self
+            .rendered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+        {
+            rendered.checked = None;
+        }
+    }
+
+    /// What was rendered, when it is fresh or the store's fingerprint says it still holds.
+    fn get(&self, fingerprint: Option<Fingerprint>) -> Option<Rendered> {
+        let mut rendered = self
+            .rendered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rendered = rendered.as_mut()?;
+        match fingerprint {
+            None => rendered
+                .checked
+                .is_some_and(|checked| checked.elapsed() < FRESH_FOR)
+                .then(|| rendered.clone()),
+            Some(fingerprint) if fingerprint == rendered.fingerprint => {
+                rendered.checked = Some(Instant::now());
+                Some(rendered.clone())
+            }
+            Some(_) => None,
+        }
+    }
 }
 
 const DEFAULT_LIMIT: i64 = 100;
@@ -190,25 +234,26 @@ const MAX_LIMIT: i64 = 1000;
 /// How many records a scoped audit page reads at most, to fill a page of its own.
 const MAX_SCOPED_SCAN: i64 = 10_000;
 
-/// The status as the store holds it now: from the cache while nothing it shows changed.
+/// The status as the store holds it now (within [`FRESH_FOR`]): from the cache while nothing
+/// it shows changed.
 ///
 /// # Errors
 /// When the store fails.
 pub async fn current(app: &App) -> Result<(Arc<status::Status>, Bytes, Bytes), ApiError> {
+    let hit = |rendered: Rendered| {
+        (
+            rendered.status,
+            rendered.status_json,
+            rendered.instances_json,
+        )
+    };
+    if let Some(rendered) = app.cache.get(None) {
+        return Ok(hit(rendered));
+    }
+    let checked = Instant::now();
     let fingerprint = app.store.fingerprint().await?;
-    if let Some(rendered) = app
-        .cache
-        .rendered
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .as_ref()
-        .filter(|rendered| rendered.fingerprint == fingerprint)
-    {
-        return Ok((
-            Arc::clone(&rendered.status),
-            rendered.status_json.clone(),
-            rendered.instances_json.clone(),
-        ));
+    if let Some(rendered) = app.cache.get(Some(fingerprint)) {
+        return Ok(hit(rendered));
     }
     let status = Arc::new(status::read(&app.store, Utc::now()).await?);
     let status_json =
@@ -222,6 +267,7 @@ pub async fn current(app: &App) -> Result<(Arc<status::Status>, Bytes, Bytes), A
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Rendered {
         fingerprint,
+        checked: Some(checked),
         status: Arc::clone(&status),
         status_json: status_json.clone(),
         instances_json: instances_json.clone(),

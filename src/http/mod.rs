@@ -211,6 +211,11 @@ async fn finish(State(app): State<Arc<App>>, mut request: Request, next: Next) -
     };
     request.extensions_mut().insert(RequestId(id.clone()));
     let response = next.run(request).await;
+    // Whatever a request but a read did (a pause, a retry, a webhook's push) shows in the
+    // next status at once.
+    if !matches!(method, "GET" | "HEAD") {
+        app.cache.invalidate();
+    }
     let response = error::render(response, &id).await;
     let route = response
         .extensions()

@@ -126,11 +126,15 @@ fn fifty_fleet(root: &Path, names: &[String]) {
         "partners/p1.toml",
         "id = \"p1\"\nname = \"P\"\nemail = \"ops@p.example\"\n",
     );
+    write(
+        "tenants/t1.toml",
+        "id = \"t1\"\npartner = \"p1\"\nname = \"T\"\n",
+    );
     for name in names {
         write(
             &format!("instances/{name}.toml"),
             &format!(
-                "name = \"{name}\"\ntype = \"partner-deployed\"\npartner = \"p1\"\nregion = \"local\"\ndata_residency = [\"NG\"]\nsuites = [\"commerce\"]\nresources = {{ cpu = \"0.25\", memory = \"128M\", storage = \"1G\" }}\nchannel = \"manual\"\nversion = \"1.0.0\"\n"
+                "name = \"{name}\"\ntype = \"partner-deployed\"\npartner = \"p1\"\ntenant = \"t1\"\nregion = \"local\"\ndata_residency = [\"NG\"]\nsuites = [\"commerce\"]\nresources = {{ cpu = \"0.25\", memory = \"128M\", storage = \"1G\" }}\nchannel = \"manual\"\nversion = \"1.0.0\"\n"
             ),
         );
     }

@@ -118,6 +118,62 @@ fn renderings_of_a_change_of_each_kind() {
     }
 }
 
+/// The example fleet with `ssl` turned off wherever it is on, and two instances approving
+/// the breaking 2.0.0: alike changes to group.
+fn alike_repository() -> tempfile::TempDir {
+    let repo = example_repository();
+    let root = repo.path();
+    for entry in std::fs::read_dir(root.join("instances")).expect("instances") {
+        let path = entry.expect("an entry").path();
+        let text = std::fs::read_to_string(&path).expect("read file");
+        if text.contains("ssl = true") {
+            std::fs::write(&path, text.replacen("ssl = true", "ssl = false", 1))
+                .expect("write file");
+        }
+    }
+    for name in ["webwaka-saas-abuja-1", "webwaka-saas-nairobi-1"] {
+        edit(
+            root,
+            &format!("instances/{name}.toml"),
+            "version = \"1.5.1\"",
+            "version = \"1.5.1\"\napproved_version = \"2.0.0\"",
+        );
+    }
+    commit_all(root, "ssl off everywhere; two instances take 2.0.0");
+    repo
+}
+
+#[test]
+fn alike_actions_are_grouped_riskiest_first() {
+    let repo = alike_repository();
+    for format in ["text", "markdown"] {
+        let (code, stdout) = plan_output(repo.path(), format);
+        assert_eq!(code, Some(2), "{stdout}");
+        insta::assert_snapshot!(format!("grouped_{format}"), stdout);
+    }
+    let (_, verbose) = {
+        let output = wakafleet(
+            repo.path(),
+            &[
+                "plan",
+                ".",
+                "--base",
+                "HEAD~1",
+                "--head",
+                "HEAD",
+                "--at",
+                AT,
+                "--verbose",
+            ],
+        );
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    insta::assert_snapshot!("grouped_text_verbose", verbose);
+}
+
 #[test]
 fn json_actions_have_the_documented_shape() {
     let repo = changed_repository();

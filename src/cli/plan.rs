@@ -1,5 +1,6 @@
 //! `wakafleet plan [PATH] [--base REF | --state FILE] [--head REF] [--at RFC3339]
-//! [--format text|markdown|json] [--detailed-exitcode]`
+//! [--format text|markdown|json] [--max-bytes N] [--whole-plan URL] [--verbose]
+//! [--detailed-exitcode]`
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -42,12 +43,37 @@ pub struct Args {
     pub at: Option<DateTime<Utc>>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// The most bytes the Markdown plan takes (GitHub refuses comments over 65,536
+    /// characters); past it the least risky entries are left out and counted.
+    #[arg(long, value_name = "N", default_value_t = plan::render::DEFAULT_MAX_BYTES,
+          value_parser = parse_max_bytes)]
+    pub max_bytes: usize,
+    /// Where the whole plan can be read (the CI run's artifact of `--format json`), linked
+    /// from the Markdown plan's closing line when entries are left out.
+    #[arg(long, value_name = "URL")]
+    pub whole_plan: Option<String>,
+    /// The text plan lists every name of a group of alike actions.
+    #[arg(long)]
+    pub verbose: bool,
     /// Exit 0 when there is nothing to do, 2 when there are actions, 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
     /// Without --base or --state, the plan is made against the state this store records.
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+fn parse_max_bytes(text: &str) -> Result<usize, String> {
+    let bytes: usize = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of bytes"))?;
+    if bytes < plan::render::MIN_MAX_BYTES {
+        return Err(format!(
+            "{bytes} bytes cannot hold a plan's heading, summary and closing line; give at least {}",
+            plan::render::MIN_MAX_BYTES
+        ));
+    }
+    Ok(bytes)
 }
 
 fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
@@ -123,8 +149,15 @@ pub fn run(args: &Args) -> Result<ExitCode, cli::Error> {
         head: head_commit.as_deref(),
     };
     let output = match args.format {
-        Format::Text => plan::render::text(&plan, commits, cli::stdout_color()),
-        Format::Markdown => plan::render::markdown(&plan, commits),
+        Format::Text => plan::render::text(&plan, commits, cli::stdout_color(), args.verbose),
+        Format::Markdown => plan::render::markdown(
+            &plan,
+            commits,
+            plan::render::Budget {
+                max_bytes: args.max_bytes,
+                whole_plan: args.whole_plan.as_deref(),
+            },
+        ),
         Format::Json => {
             let entries = diag_render::entries(&head.diagnostics, &head.sources);
             plan::render::json(&plan, commits, entries) + "\n"

@@ -8,6 +8,7 @@
 
 pub mod actual;
 pub mod fields;
+pub mod group;
 pub mod render;
 pub mod snapshot;
 
@@ -86,7 +87,7 @@ impl Kind {
 }
 
 /// One field's value before and after; `None` where the field is absent.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Change {
     pub field: String,
     pub before: Option<String>,
@@ -107,6 +108,8 @@ pub struct Action {
     pub to: Option<Version>,
     pub changes: Vec<Change>,
     pub reason: String,
+    /// For upgrades: a release on the way is a breaking step (the policy's judgement).
+    pub breaking: bool,
 }
 
 impl Action {
@@ -122,6 +125,7 @@ impl Action {
             to: None,
             changes: Vec::new(),
             reason,
+            breaking: false,
         }
     }
 }
@@ -447,6 +451,7 @@ fn instance_actions(
             before: Some(decision.from.to_string()),
             after: Some(decision.to.to_string()),
         }];
+        action.breaking = kind == Kind::Upgrade && decision.breaking;
         action.from = Some(decision.from);
         action.to = Some(decision.to);
         decisions.push((advisory, action));

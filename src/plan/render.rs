@@ -8,8 +8,11 @@ use serde::Serialize;
 use termcolor::{Color as TermColor, ColorSpec, WriteColor};
 
 use crate::{
-    diag::render::{Color, Entry},
-    plan::{Action, Kind, Plan},
+    diag::render::{Color, Entry as Diagnostic},
+    plan::{
+        Action, Kind, Plan,
+        group::{self, Group, Risk},
+    },
     policy::Status,
 };
 
@@ -69,33 +72,46 @@ fn headline(action: &Action) -> String {
     line
 }
 
-fn status_text(action: &Action) -> String {
-    match (action.status, action.not_before, action.blocked_reason) {
-        (Status::Deferred, Some(not_before), _) => format!("deferred until {}", time(not_before)),
-        (Status::Blocked, _, Some(reason)) => format!("blocked: {}", reason.as_str()),
-        (status, _, _) => status.as_str().to_string(),
-    }
-}
-
 fn value(value: Option<&String>) -> &str {
     value.map_or("(none)", String::as_str)
 }
 
-/// The plan for a terminal: one block per resource, colours by status when `color` says so.
-pub fn text(plan: &Plan, commits: Commits<'_>, color: Color) -> String {
+/// The changes a group's headline shows inline (an upgrade's versions are in its headline).
+fn shown_changes(action: &Action) -> &[crate::plan::Change] {
+    match action.kind {
+        Kind::Upgrade | Kind::Downgrade => &[],
+        _ => &action.changes,
+    }
+}
+
+/// How many names a group lists on a terminal unless `--verbose`.
+const TEXT_NAMES: usize = 10;
+
+/// The plan for a terminal: the riskiest changes first, alike ones grouped (`verbose` lists
+/// every name of a group), colours by status when `color` says so.
+pub fn text(plan: &Plan, commits: Commits<'_>, color: Color, verbose: bool) -> String {
     let mut out = match color {
         Color::Always => termcolor::Buffer::ansi(),
         Color::Never => termcolor::Buffer::no_color(),
     };
     // Writing to memory cannot fail.
-    let _ = write_text(&mut out, plan, commits);
+    let _ = write_text(&mut out, plan, commits, verbose);
     String::from_utf8_lossy(out.as_slice()).into_owned()
+}
+
+fn status_color(status: Status) -> TermColor {
+    match status {
+        Status::Ready => TermColor::Green,
+        Status::Deferred => TermColor::Yellow,
+        Status::Blocked => TermColor::Red,
+    }
 }
 
 fn write_text(
     out: &mut termcolor::Buffer,
     plan: &Plan,
     commits: Commits<'_>,
+    verbose: bool,
 ) -> std::io::Result<()> {
     let mut heading = format!("plan at {}", time(plan.at));
     if let Some(base) = commits.base {
@@ -105,70 +121,328 @@ fn write_text(
         heading += &format!(", head {}", short(head));
     }
     writeln!(out, "{heading}: {}", summary_line(plan))?;
-    let mut previous: Option<(&str, &str)> = None;
-    for action in &plan.actions {
-        let resource = (action.resource_type.as_str(), action.id.as_str());
-        if previous != Some(resource) {
+    let groups = group::groups(&plan.actions);
+    let mut previous = None;
+    for entry in &groups {
+        if previous != Some(entry.risk) {
+            let count: usize = groups
+                .iter()
+                .filter(|other| other.risk == entry.risk)
+                .map(Group::len)
+                .sum();
             out.set_color(ColorSpec::new().set_bold(true))?;
-            write!(out, "\n{} {}", resource.0, resource.1)?;
+            write!(out, "\n{} ({count})", entry.risk.title())?;
             out.reset()?;
             writeln!(out)?;
-            previous = Some(resource);
+            previous = Some(entry.risk);
         }
-        let color = match action.status {
-            Status::Ready => TermColor::Green,
-            Status::Deferred => TermColor::Yellow,
-            Status::Blocked => TermColor::Red,
-        };
-        write!(out, "  ")?;
-        out.set_color(ColorSpec::new().set_fg(Some(color)))?;
-        write!(out, "{}", headline(action))?;
-        out.reset()?;
-        writeln!(out, " [{}]", status_text(action))?;
-        for change in &action.changes {
-            writeln!(
-                out,
-                "      {}: {} -> {}",
-                change.field,
-                value(change.before.as_ref()),
-                value(change.after.as_ref())
-            )?;
-        }
-        writeln!(out, "      why: {}", action.reason)?;
+        write_text_group(out, entry, verbose)?;
     }
     if !plan.advisories.is_empty() {
         out.set_color(ColorSpec::new().set_bold(true))?;
         write!(out, "\nnot applied until approved")?;
         out.reset()?;
         writeln!(out)?;
-        for advisory in &plan.advisories {
+        for advisory in group::groups(&plan.advisories) {
+            let first = advisory.first();
+            let names = names_line(&advisory.actions, verbose.then_some(usize::MAX));
+            let names = if advisory.len() == 1 {
+                format!("{} {names}", first.resource_type.as_str())
+            } else {
+                format!(
+                    "{} {}s ({names})",
+                    advisory.len(),
+                    first.resource_type.as_str()
+                )
+            };
             writeln!(
                 out,
-                "  {} {}: {} [{}]\n      why: {}",
-                advisory.resource_type.as_str(),
-                advisory.id,
-                headline(advisory),
-                status_text(advisory),
-                advisory.reason
+                "  {}: {} [{}]\n      why: {}",
+                names,
+                headline(first),
+                group::status_text(first),
+                advisory.common_reason().unwrap_or(&first.reason)
             )?;
         }
     }
     Ok(())
 }
 
-/// Sections after this many are folded into one `<details>`.
-const OPEN_SECTIONS: usize = 10;
+fn write_text_group(
+    out: &mut termcolor::Buffer,
+    entry: &Group<'_>,
+    verbose: bool,
+) -> std::io::Result<()> {
+    let first = entry.first();
+    let statuses = entry.by_status();
+    if entry.len() == 1 {
+        write!(out, "  {} {}: ", first.resource_type.as_str(), first.id)?;
+    } else {
+        write!(out, "  {} {}s: ", entry.len(), first.resource_type.as_str())?;
+    }
+    out.set_color(ColorSpec::new().set_fg(Some(status_color(first.status))))?;
+    write!(out, "{}", headline(first))?;
+    out.reset()?;
+    let status = statuses
+        .iter()
+        .map(|(status, actions)| {
+            if statuses.len() == 1 {
+                status.clone()
+            } else {
+                format!("{} {status}", actions.len())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    writeln!(out, " [{status}]")?;
+    let changes = if entry.len() == 1 {
+        &first.changes[..]
+    } else {
+        shown_changes(first)
+    };
+    for change in changes {
+        writeln!(
+            out,
+            "      {}: {} -> {}",
+            change.field,
+            value(change.before.as_ref()),
+            value(change.after.as_ref())
+        )?;
+    }
+    match entry.common_reason() {
+        Some(reason) => writeln!(out, "      why: {reason}")?,
+        None => writeln!(out, "      why (for {}): {}", first.id, first.reason)?,
+    }
+    if entry.len() > 1 {
+        let limit = if verbose { usize::MAX } else { TEXT_NAMES };
+        if statuses.len() == 1 {
+            writeln!(out, "      {}", names_line(&entry.actions, Some(limit)))?;
+        } else {
+            for (status, actions) in &statuses {
+                writeln!(out, "      {status}: {}", names_line(actions, Some(limit)))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// "a, b, c and 7 more (--verbose lists all)" for a terminal; `limit` names at most.
+fn names_line(actions: &[&Action], limit: Option<usize>) -> String {
+    let limit = limit.unwrap_or(TEXT_NAMES);
+    let mut line = actions
+        .iter()
+        .take(limit)
+        .map(|action| action.id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if actions.len() > limit {
+        line += &format!(" and {} more (--verbose lists all)", actions.len() - limit);
+    }
+    line
+}
+
+/// GitHub's limit on a comment is 65,536 characters; the default budget stays below it in
+/// bytes, which are never fewer than characters.
+pub const DEFAULT_MAX_BYTES: usize = 60_000;
+/// The least budget a Markdown plan can keep: its heading, summary table and closing line.
+pub const MIN_MAX_BYTES: usize = 4_000;
 /// Change tables longer than this are folded.
 const OPEN_CHANGES: usize = 8;
+/// Room kept for the closing line, the URL of the whole plan aside.
+const CLOSING_ROOM: usize = 700;
+
+/// How a Markdown plan is bounded.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget<'a> {
+    /// The most bytes the comment takes ([`DEFAULT_MAX_BYTES`]; at least [`MIN_MAX_BYTES`]).
+    pub max_bytes: usize,
+    /// Where the whole plan is (the workflow's artifact), for the closing line.
+    pub whole_plan: Option<&'a str>,
+}
+
+impl Default for Budget<'_> {
+    fn default() -> Self {
+        Budget {
+            max_bytes: DEFAULT_MAX_BYTES,
+            whole_plan: None,
+        }
+    }
+}
 
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
 }
 
-/// The plan as a pull-request comment: a summary table by kind and status, then one
-/// section per resource with its changes, reason and timing. Starts with
-/// [`MARKDOWN_MARKER`].
-pub fn markdown(plan: &Plan, commits: Commits<'_>) -> String {
+/// An entry of the Markdown plan: a group's text, with the names of its instances to fill
+/// in as far as the budget goes.
+struct Entry<'a> {
+    risk: Risk,
+    /// What the entry says: headline, status, reason, changes.
+    head: String,
+    /// The names to list, by status (one list when the statuses agree); none for one action.
+    names: Vec<(Option<String>, Vec<&'a str>)>,
+    actions: Vec<&'a Action>,
+}
+
+impl Entry<'_> {
+    /// The entry with `extra` bytes more than [`Entry::least`] for its names: all of them
+    /// when they fit, else as many as do, and how many more there are. Never longer than
+    /// its least and `extra`.
+    fn render(&self, mut extra: usize) -> String {
+        let mut text = self.head.clone();
+        if self.names.is_empty() {
+            return text;
+        }
+        let total: usize = self.names.iter().map(|(_, names)| names.len()).sum();
+        let _ = write!(
+            text,
+            "\n  <details><summary>{total} {}s</summary>\n\n",
+            self.actions[0].resource_type.as_str()
+        );
+        let mut all_shown = true;
+        for (status, names) in &self.names {
+            match status {
+                Some(status) => {
+                    let _ = write!(text, "  {status}:");
+                }
+                None => text.push(' '),
+            }
+            let mut shown = 0;
+            for name in names {
+                let item = format!("{} `{name}`", if shown == 0 { "" } else { "," });
+                if item.len() > extra {
+                    break;
+                }
+                extra -= item.len();
+                text.push_str(&item);
+                shown += 1;
+            }
+            if shown < names.len() {
+                all_shown = false;
+                let _ = write!(text, " … and {} more", names.len() - shown);
+            }
+            text.push_str("\n\n");
+        }
+        if !all_shown {
+            text.push_str("  *The whole plan lists them all.*\n");
+        }
+        text.push_str("  </details>\n");
+        text
+    }
+
+    /// The least the entry takes: everything but the names.
+    fn least(&self) -> usize {
+        self.render(0).len()
+    }
+}
+
+fn markdown_entry<'a>(entry: &Group<'a>) -> Entry<'a> {
+    let first = entry.first();
+    let statuses = entry.by_status();
+    let mut head = String::new();
+    let status = statuses
+        .iter()
+        .map(|(status, actions)| {
+            if statuses.len() == 1 {
+                status.clone()
+            } else {
+                format!("{} {status}", actions.len())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let changes = if entry.len() == 1 {
+        let _ = writeln!(
+            head,
+            "\n- {} `{}`: **{}** — {status}",
+            first.resource_type.as_str(),
+            first.id,
+            headline(first)
+        );
+        &first.changes[..]
+    } else {
+        let changes = shown_changes(first);
+        let inline = if changes.len() <= 3 {
+            changes
+                .iter()
+                .map(|change| {
+                    format!(
+                        ", `{}` {} → {}",
+                        change.field,
+                        cell(value(change.before.as_ref())),
+                        cell(value(change.after.as_ref()))
+                    )
+                })
+                .collect::<String>()
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            head,
+            "\n- **{}**: {} {}s{inline} — {status}",
+            headline(first),
+            entry.len(),
+            first.resource_type.as_str(),
+        );
+        if changes.len() <= 3 { &[] } else { changes }
+    };
+    match entry.common_reason() {
+        Some(reason) => {
+            let _ = writeln!(head, "  - why: {}", cell(reason));
+        }
+        None => {
+            let _ = writeln!(head, "  - why (`{}`): {}", first.id, cell(&first.reason));
+        }
+    }
+    if !changes.is_empty() {
+        let mut table = String::from("\n  | field | before | after |\n  |---|---|---|\n");
+        for change in changes {
+            let _ = writeln!(
+                table,
+                "  | `{}` | {} | {} |",
+                change.field,
+                cell(value(change.before.as_ref())),
+                cell(value(change.after.as_ref()))
+            );
+        }
+        if changes.len() > OPEN_CHANGES {
+            let _ = write!(
+                head,
+                "\n  <details><summary>{} fields</summary>\n{table}\n  </details>\n",
+                changes.len()
+            );
+        } else {
+            head.push_str(&table);
+        }
+    }
+    let names = if entry.len() == 1 {
+        Vec::new()
+    } else if statuses.len() == 1 {
+        vec![(None, entry.actions.iter().map(|a| a.id.as_str()).collect())]
+    } else {
+        statuses
+            .into_iter()
+            .map(|(status, actions)| {
+                (
+                    Some(status),
+                    actions.iter().map(|a| a.id.as_str()).collect(),
+                )
+            })
+            .collect()
+    };
+    Entry {
+        risk: entry.risk,
+        head,
+        names,
+        actions: entry.actions.clone(),
+    }
+}
+
+/// The plan as a pull-request comment within `budget`: the summary table (always whole),
+/// then the actions by risk, most first, alike ones grouped with their names folded; past
+/// the budget whole entries are left out from the least risky end and a closing line counts
+/// them and says where the whole plan is. Starts with [`MARKDOWN_MARKER`].
+pub fn markdown(plan: &Plan, commits: Commits<'_>, budget: Budget<'_>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{MARKDOWN_MARKER}\n### wakafleet plan\n");
     let mut context = format!("At {}", time(plan.at));
@@ -180,31 +454,70 @@ pub fn markdown(plan: &Plan, commits: Commits<'_>) -> String {
     }
     let _ = writeln!(out, "{context}: **{}**.\n", summary_line(plan));
     if !plan.is_empty() {
-        markdown_actions(plan, &mut out);
+        summary_table(plan, &mut out);
     }
-    if !plan.advisories.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n<details><summary>{} release{} not applied until approved</summary>\n",
-            plan.advisories.len(),
-            if plan.advisories.len() == 1 { "" } else { "s" }
-        );
-        for advisory in &plan.advisories {
-            let _ = writeln!(
-                out,
-                "- {} `{}`: **{}** — {}",
-                advisory.resource_type.as_str(),
-                advisory.id,
-                headline(advisory),
-                cell(&advisory.reason)
-            );
+    let groups = group::groups(&plan.actions);
+    let limit = budget
+        .max_bytes
+        .max(MIN_MAX_BYTES)
+        .saturating_sub(CLOSING_ROOM + budget.whole_plan.map_or(0, str::len));
+
+    // First every entry that fits without its names, most risky first (the rest are not
+    // even rendered); then the names, as far as the room left goes, in the same order.
+    let mut used = out.len();
+    let mut entries: Vec<Entry<'_>> = Vec::new();
+    let mut previous = None;
+    for group in &groups {
+        let entry = markdown_entry(group);
+        let heading = if previous == Some(entry.risk) {
+            0
+        } else {
+            section_heading(&groups, entry.risk).len()
+        };
+        let least = entry.least();
+        if used + heading + least > limit {
+            break;
         }
-        let _ = writeln!(out, "\n</details>");
+        used += heading + least;
+        previous = Some(entry.risk);
+        entries.push(entry);
+    }
+    let left_out = &groups[entries.len()..];
+    // The advisories come last, and are left out before any action is.
+    let advisories =
+        advisories_entry(plan).filter(|text| left_out.is_empty() && used + text.len() <= limit);
+    used += advisories.as_ref().map_or(0, String::len);
+    let mut extra = limit.saturating_sub(used);
+    let mut previous = None;
+    for entry in &entries {
+        if previous != Some(entry.risk) {
+            out.push_str(&section_heading(&groups, entry.risk));
+            previous = Some(entry.risk);
+        }
+        let text = entry.render(extra);
+        extra = extra.saturating_sub(text.len().saturating_sub(entry.least()));
+        out.push_str(&text);
+    }
+    if let Some(advisories) = &advisories {
+        out.push_str(advisories);
+    }
+    let advisories_left_out = advisories.is_none() && !plan.advisories.is_empty();
+    if !left_out.is_empty() || advisories_left_out {
+        closing_line(plan, left_out, advisories_left_out, budget, &mut out);
     }
     out
 }
 
-fn markdown_actions(plan: &Plan, out: &mut String) {
+fn section_heading(groups: &[Group<'_>], risk: Risk) -> String {
+    let count: usize = groups
+        .iter()
+        .filter(|group| group.risk == risk)
+        .map(Group::len)
+        .sum();
+    format!("\n#### {} ({count})\n", risk.title())
+}
+
+fn summary_table(plan: &Plan, out: &mut String) {
     let _ = writeln!(
         out,
         "| kind | ready | deferred | blocked |\n|---|---:|---:|---:|"
@@ -224,59 +537,89 @@ fn markdown_actions(plan: &Plan, out: &mut String) {
             count(Status::Blocked)
         );
     }
-    let mut sections: Vec<String> = Vec::new();
-    for action in &plan.actions {
-        let title = format!("#### {} `{}`\n", action.resource_type.as_str(), action.id);
-        if sections
-            .last()
-            .is_none_or(|section| !section.starts_with(&title))
-        {
-            sections.push(title);
-        }
-        let section = sections.last_mut().expect("a section was just pushed");
-        let _ = writeln!(
-            section,
-            "\n- **{}** — {}",
-            headline(action),
-            status_text(action)
-        );
-        let _ = writeln!(section, "  - why: {}", cell(&action.reason));
-        if !action.changes.is_empty() {
-            let mut table = String::from("\n  | field | before | after |\n  |---|---|---|\n");
-            for change in &action.changes {
-                let _ = writeln!(
-                    table,
-                    "  | `{}` | {} | {} |",
-                    change.field,
-                    cell(value(change.before.as_ref())),
-                    cell(value(change.after.as_ref()))
-                );
-            }
-            if action.changes.len() > OPEN_CHANGES {
-                let _ = write!(
-                    section,
-                    "\n  <details><summary>{} fields</summary>\n{table}\n  </details>\n",
-                    action.changes.len()
-                );
-            } else {
-                section.push_str(&table);
-            }
-        }
+}
+
+/// How many advisories a line names before it counts the rest.
+const ADVISORY_NAMES: usize = 10;
+
+fn advisories_entry(plan: &Plan) -> Option<String> {
+    if plan.advisories.is_empty() {
+        return None;
     }
-    let folded = sections.len().saturating_sub(OPEN_SECTIONS);
-    for section in sections.iter().take(OPEN_SECTIONS) {
-        let _ = writeln!(out, "\n{section}");
-    }
-    if folded > 0 {
+    let mut out = format!(
+        "\n<details><summary>{} release{} not applied until approved</summary>\n\n",
+        plan.advisories.len(),
+        if plan.advisories.len() == 1 { "" } else { "s" }
+    );
+    for advisory in group::groups(&plan.advisories) {
+        let first = advisory.first();
+        let mut names = advisory
+            .actions
+            .iter()
+            .take(ADVISORY_NAMES)
+            .map(|action| format!("`{}`", action.id))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if advisory.len() > ADVISORY_NAMES {
+            names += &format!(" and {} more", advisory.len() - ADVISORY_NAMES);
+        }
+        let names = if advisory.len() == 1 {
+            format!("{} {names}", first.resource_type.as_str())
+        } else {
+            format!(
+                "{} {}s ({names})",
+                advisory.len(),
+                first.resource_type.as_str()
+            )
+        };
         let _ = writeln!(
             out,
-            "\n<details><summary>{folded} more resources</summary>\n"
+            "- {names}: **{}** — {}",
+            headline(first),
+            cell(advisory.common_reason().unwrap_or(&first.reason))
         );
-        for section in sections.iter().skip(OPEN_SECTIONS) {
-            let _ = writeln!(out, "\n{section}");
-        }
-        let _ = writeln!(out, "</details>");
     }
+    out.push_str("\n</details>\n");
+    Some(out)
+}
+
+fn closing_line(
+    plan: &Plan,
+    left_out: &[Group<'_>],
+    advisories_left_out: bool,
+    budget: Budget<'_>,
+    out: &mut String,
+) {
+    let mut counts: Vec<String> = Kind::ALL
+        .iter()
+        .filter_map(|kind| {
+            let count: usize = left_out
+                .iter()
+                .flat_map(|entry| &entry.actions)
+                .filter(|action| action.kind == *kind)
+                .count();
+            (count > 0).then(|| format!("{count} {}", kind.as_str()))
+        })
+        .collect();
+    if advisories_left_out {
+        counts.push(format!(
+            "{} release{} not applied until approved",
+            plan.advisories.len(),
+            if plan.advisories.len() == 1 { "" } else { "s" }
+        ));
+    }
+    let actions: usize = left_out.iter().map(Group::len).sum();
+    let whole = match budget.whole_plan {
+        Some(url) => format!("[the whole plan as JSON]({url}) (`wakafleet plan --format json`)"),
+        None => "`wakafleet plan --format json`".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "\n---\n**Not shown, to keep this comment within {} bytes:** {} ({actions} action{}). Every action is in {whole}.",
+        budget.max_bytes.max(MIN_MAX_BYTES),
+        counts.join(", "),
+        if actions == 1 { "" } else { "s" }
+    );
 }
 
 /// The JSON document of `wakafleet plan --format json` (FLEET-FORMAT.md).
@@ -290,7 +633,7 @@ struct Document<'a> {
     actions: Vec<JsonAction<'a>>,
     /// Releases available but not approved: an extension of FLEET-FORMAT.md's shape.
     advisories: Vec<JsonAction<'a>>,
-    diagnostics: Vec<Entry<'a>>,
+    diagnostics: Vec<Diagnostic<'a>>,
 }
 
 #[derive(Serialize)]
@@ -321,7 +664,7 @@ struct JsonChange<'a> {
 }
 
 /// The plan as JSON, with the head's diagnostics (warnings, when the plan could be made).
-pub fn json(plan: &Plan, commits: Commits<'_>, diagnostics: Vec<Entry<'_>>) -> String {
+pub fn json(plan: &Plan, commits: Commits<'_>, diagnostics: Vec<Diagnostic<'_>>) -> String {
     let mut summary = serde_json::Map::new();
     for kind in Kind::ALL {
         let count = plan.count_kind(*kind);

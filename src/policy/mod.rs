@@ -79,6 +79,9 @@ pub struct Decision {
     /// a newer release is available and the decision says what would approve it. Plans list
     /// these apart from their actions.
     pub advisory: bool,
+    /// True when a release on the path is a breaking step from the one before it, as the
+    /// policy judges steps when it asks for approval (a `breaking` release or a major bump).
+    pub breaking: bool,
 }
 
 impl Decision {
@@ -97,6 +100,7 @@ impl Decision {
             blocked_reason: None,
             reason,
             advisory: false,
+            breaking: false,
         }
     }
 
@@ -245,8 +249,24 @@ fn decide_with(input: &Input<'_>, now: Option<DateTime<Utc>>) -> Vec<Decision> {
         if decision.status == Status::Deferred {
             schedule(decision, input.channel, now);
         }
+        decision.breaking = breaking(input.releases, &decision.from, &decision.path);
     }
     decisions
+}
+
+/// Whether a hop of `path`, taken from `from`, is a breaking step.
+fn breaking(releases: &BTreeMap<Version, Release>, from: &Version, path: &[Version]) -> bool {
+    let mut at = from;
+    for version in path {
+        if releases
+            .get(version)
+            .is_some_and(|release| step(at, release) == Step::Breaking)
+        {
+            return true;
+        }
+        at = version;
+    }
+    false
 }
 
 /// Turns a change that waits for the window into ready when the window is open (or there

@@ -139,7 +139,12 @@ fn assert_same(mut cached: Validation, mut plain: Validation) {
     let rendered = |validation: &mut Validation| {
         let valid = validation.take_valid()?;
         let plan = plan::compute(&valid, &validation.sources, &Actual::default(), at);
-        Some(plan::render::text(&plan, Commits::default(), Color::Never))
+        Some(plan::render::text(
+            &plan,
+            Commits::default(),
+            Color::Never,
+            true,
+        ))
     };
     assert_eq!(rendered(&mut cached), rendered(&mut plain));
 }

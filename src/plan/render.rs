@@ -288,7 +288,7 @@ impl Entry<'_> {
     /// The entry with `extra` bytes more than [`Entry::least`] for its names: all of them
     /// when they fit, else as many as do, and how many more there are. Never longer than
     /// its least and `extra`.
-    fn render(&self, mut extra: usize) -> String {
+    fn render(&self, mut extra: usize, whole_plan: Option<&str>) -> String {
         let mut text = self.head.clone();
         if self.names.is_empty() {
             return text;
@@ -324,15 +324,20 @@ impl Entry<'_> {
             text.push_str("\n\n");
         }
         if !all_shown {
-            text.push_str("  *The whole plan lists them all.*\n");
+            match whole_plan {
+                Some(url) => {
+                    let _ = writeln!(text, "  *[The whole plan]({url}) lists them all.*");
+                }
+                None => text.push_str("  *The whole plan (`--format json`) lists them all.*\n"),
+            }
         }
         text.push_str("  </details>\n");
         text
     }
 
     /// The least the entry takes: everything but the names.
-    fn least(&self) -> usize {
-        self.render(0).len()
+    fn least(&self, whole_plan: Option<&str>) -> usize {
+        self.render(0, whole_plan).len()
     }
 }
 
@@ -474,7 +479,7 @@ pub fn markdown(plan: &Plan, commits: Commits<'_>, budget: Budget<'_>) -> String
         } else {
             section_heading(&groups, entry.risk).len()
         };
-        let least = entry.least();
+        let least = entry.least(budget.whole_plan);
         if used + heading + least > limit {
             break;
         }
@@ -494,8 +499,8 @@ pub fn markdown(plan: &Plan, commits: Commits<'_>, budget: Budget<'_>) -> String
             out.push_str(&section_heading(&groups, entry.risk));
             previous = Some(entry.risk);
         }
-        let text = entry.render(extra);
-        extra = extra.saturating_sub(text.len().saturating_sub(entry.least()));
+        let text = entry.render(extra, budget.whole_plan);
+        extra = extra.saturating_sub(text.len().saturating_sub(entry.least(budget.whole_plan)));
         out.push_str(&text);
     }
     if let Some(advisories) = &advisories {
@@ -539,15 +544,15 @@ fn summary_table(plan: &Plan, out: &mut String) {
     }
 }
 
-/// How many advisories a line names before it counts the rest.
-const ADVISORY_NAMES: usize = 10;
+/// How many instances a line of advisories names before it counts the rest.
+const ADVISORY_NAMES: usize = 3;
 
 fn advisories_entry(plan: &Plan) -> Option<String> {
     if plan.advisories.is_empty() {
         return None;
     }
     let mut out = format!(
-        "\n<details><summary>{} release{} not applied until approved</summary>\n\n",
+        "\n<details><summary>{} available upgrade{} not applied until approved</summary>\n\n",
         plan.advisories.len(),
         if plan.advisories.len() == 1 { "" } else { "s" }
     );
@@ -603,7 +608,7 @@ fn closing_line(
         .collect();
     if advisories_left_out {
         counts.push(format!(
-            "{} release{} not applied until approved",
+            "{} available upgrade{} not applied until approved",
             plan.advisories.len(),
             if plan.advisories.len() == 1 { "" } else { "s" }
         ));

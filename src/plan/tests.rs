@@ -241,3 +241,77 @@ fn reasons_name_the_file_and_the_backups_the_driver_uses() {
         assert!(downgrade.contains(promise), "{downgrade}");
     }
 }
+
+mod budget {
+    use crate::plan::{
+        Action, Change, Kind, Plan, ResourceType,
+        render::{Budget, Commits, MIN_MAX_BYTES, markdown},
+    };
+
+    /// 300 terminations, then 2,000 configurations each of its own field, so that none group.
+    fn big_plan() -> Plan {
+        let mut actions = Vec::new();
+        for index in 0..300 {
+            actions.push(Action::new(
+                Kind::Terminate,
+                ResourceType::Instance,
+                &format!("t-{index:04}"),
+                "state = \"terminated\"".to_string(),
+            ));
+        }
+        for index in 0..2_000 {
+            let mut action = Action::new(
+                Kind::Configure,
+                ResourceType::Instance,
+                &format!("c-{index:04}"),
+                "configuration changed".to_string(),
+            );
+            action.changes = vec![Change {
+                field: format!("field_{index}"),
+                before: Some("a".into()),
+                after: Some("b".into()),
+            }];
+            actions.push(action);
+        }
+        Plan {
+            at: chrono::DateTime::UNIX_EPOCH,
+            actions,
+            advisories: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn every_budget_holds_and_what_is_left_out_is_the_least_risky_and_counted() {
+        let plan = big_plan();
+        for max_bytes in [MIN_MAX_BYTES, 10_000, 60_000, 200_000, 2_000_000] {
+            let text = markdown(
+                &plan,
+                Commits::default(),
+                Budget {
+                    max_bytes,
+                    whole_plan: Some("https://example.invalid/plan.json"),
+                },
+            );
+            assert!(text.len() <= max_bytes, "{} > {max_bytes}", text.len());
+            // The terminations group is whole-entry first, before any configuration.
+            assert!(text.contains("- **terminate**: 300 instances"), "{max_bytes}");
+            let shown = text.matches("- instance `c-").count();
+            let closing = text
+                .lines()
+                .find(|line| line.starts_with("**Not shown"))
+                .unwrap_or_default();
+            if shown < 2_000 {
+                let left = 2_000 - shown;
+                assert!(
+                    closing.contains(&format!("{left} configure ({left} actions)")),
+                    "{max_bytes}: {closing}"
+                );
+                assert!(closing.contains("https://example.invalid/plan.json"));
+            } else {
+                assert!(closing.is_empty(), "{max_bytes}: {closing}");
+            }
+            // Whole entries only: every shown configuration has its table row.
+            assert_eq!(text.matches("| `field_").count(), shown, "{max_bytes}");
+        }
+    }
+}

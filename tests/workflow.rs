@@ -164,6 +164,11 @@ impl Setup {
     /// Runs the script in the repository as the workflow does; returns its output and the
     /// `gh` calls it made.
     fn run(&self) -> (Output, Vec<Call>) {
+        self.run_with(&[])
+    }
+
+    /// [`Setup::run`] with more variables in the script's environment.
+    fn run_with(&self, env: &[(&str, &str)]) -> (Output, Vec<Call>) {
         let _ = std::fs::remove_file(self.log_path());
         let path = std::env::join_paths(std::iter::once(self.bin.path().to_path_buf()).chain(
             std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
@@ -183,6 +188,9 @@ impl Setup {
             .env_remove("FLEET_PATH")
             .env_remove("GITHUB_STEP_SUMMARY")
             .env_remove("GH_TOKEN")
+            .env_remove("PLAN_MAX_BYTES")
+            .env_remove("WHOLE_PLAN_URL")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("run bash");
@@ -352,9 +360,74 @@ fn the_workflow_runs_the_tested_script() {
         "PR_NUMBER: ${{ github.event.pull_request.number }}",
         "GH_TOKEN: ${{ secrets.GITHUB_TOKEN }}",
         "pull-requests: write",
+        // Built once per revision, then restored from the cache.
+        "uses: actions/cache@v4",
+        "key: wakafleet-${{ runner.os }}-${{ steps.wakafleet.outputs.commit }}",
+        "if: steps.cache.outputs.cache-hit != 'true'",
+        // The whole plan kept and linked.
+        "--format json >\"$RUNNER_TEMP/wakafleet-plan.json\"",
+        "uses: actions/upload-artifact@v4",
+        "WHOLE_PLAN_URL: ${{ steps.artifact.outputs.artifact-url }}",
     ] {
         assert!(workflow.contains(expected), "plan.yml lacks {expected:?}");
     }
+    // The install runs only on a cache miss, and installs the resolved commit.
+    let install = workflow
+        .split("- name: ")
+        .find(|step| step.starts_with("Install wakafleet"))
+        .expect("an install step");
+    assert!(
+        install.contains("cache-hit != 'true'") && install.contains("--rev \"$COMMIT\""),
+        "{install}"
+    );
     let script = std::fs::read_to_string(fleet.join(SCRIPT)).expect("read script");
     assert!(script.contains(MARKER), "the script looks for the marker");
+    assert!(
+        script.contains("--max-bytes") && !script.contains("head -c \"$max_bytes\" \"$body\""),
+        "wakafleet keeps the plan within the budget; the script does not cut it"
+    );
+}
+
+/// A plan bigger than the comment's budget: wakafleet leaves the least risky entries out,
+/// counts them and links the whole plan; the script posts it as it is.
+#[test]
+fn a_plan_past_the_budget_is_cut_by_wakafleet_and_links_the_whole_plan() {
+    let setup = Setup::new();
+    // Every instance gets a domain of its own: one entry each, too many for 4,000 bytes.
+    for entry in std::fs::read_dir(setup.repo.path().join("instances")).expect("instances") {
+        let path = entry.expect("an entry").path();
+        let name = path
+            .file_stem()
+            .expect("a name")
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&path).expect("read file");
+        let (key, ssl) = if text.contains("ssl = ") {
+            ("custom_domain = ", "ssl = ")
+        } else {
+            ("custom_domain: ", "ssl: ")
+        };
+        let domain = format!("{key}\"{name}.big.example\"\n");
+        let text = match text.find(key) {
+            Some(start) => {
+                let end = start + text[start..].find('\n').expect("a line") + 1;
+                format!("{}{domain}{}", &text[..start], &text[end..])
+            }
+            None => text.replacen(ssl, &format!("{domain}{ssl}"), 1),
+        };
+        std::fs::write(&path, text).expect("write file");
+    }
+    commit_all(setup.repo.path(), "a domain for every instance");
+    let url = "https://github.example/example-org/fleet/actions/runs/9/artifacts/1";
+    let (output, calls) = setup.run_with(&[("PLAN_MAX_BYTES", "4000"), ("WHOLE_PLAN_URL", url)]);
+    let context = describe(&output, &calls);
+    assert_eq!(output.status.code(), Some(0), "{context}");
+    let body = calls[1].body.as_deref().expect("the POST has a body");
+    assert!(body.len() <= 4000, "{} bytes: {context}", body.len());
+    assert!(body.starts_with(MARKER), "{context}");
+    assert!(
+        body.contains("**Not shown, to keep this comment within 4000 bytes:**"),
+        "{context}"
+    );
+    assert!(body.contains(&format!("({url})")), "{context}");
 }

@@ -294,7 +294,10 @@ mod budget {
             );
             assert!(text.len() <= max_bytes, "{} > {max_bytes}", text.len());
             // The terminations group is whole-entry first, before any configuration.
-            assert!(text.contains("- **terminate**: 300 instances"), "{max_bytes}");
+            assert!(
+                text.contains("- **terminate**: 300 instances"),
+                "{max_bytes}"
+            );
             let shown = text.matches("- instance `c-").count();
             let closing = text
                 .lines()

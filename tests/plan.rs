@@ -83,22 +83,26 @@ fn changed_repository() -> tempfile::TempDir {
 }
 
 fn plan_output(repo: &Path, format: &str) -> (Option<i32>, String) {
-    let output = wakafleet(
-        repo,
-        &[
-            "plan",
-            ".",
-            "--base",
-            "HEAD~1",
-            "--head",
-            "HEAD",
-            "--at",
-            AT,
-            "--format",
-            format,
-            "--detailed-exitcode",
-        ],
-    );
+    plan_output_with(repo, format, &[])
+}
+
+/// [`plan_output`] with more arguments.
+fn plan_output_with(repo: &Path, format: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec![
+        "plan",
+        ".",
+        "--base",
+        "HEAD~1",
+        "--head",
+        "HEAD",
+        "--at",
+        AT,
+        "--format",
+        format,
+        "--detailed-exitcode",
+    ];
+    args.extend_from_slice(extra);
+    let output = wakafleet(repo, &args);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.stderr.is_empty(),
@@ -151,26 +155,7 @@ fn alike_actions_are_grouped_riskiest_first() {
         assert_eq!(code, Some(2), "{stdout}");
         insta::assert_snapshot!(format!("grouped_{format}"), stdout);
     }
-    let (_, verbose) = {
-        let output = wakafleet(
-            repo.path(),
-            &[
-                "plan",
-                ".",
-                "--base",
-                "HEAD~1",
-                "--head",
-                "HEAD",
-                "--at",
-                AT,
-                "--verbose",
-            ],
-        );
-        (
-            output.status,
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-        )
-    };
+    let (_, verbose) = plan_output_with(repo.path(), "text", &["--verbose"]);
     insta::assert_snapshot!("grouped_text_verbose", verbose);
 }
 

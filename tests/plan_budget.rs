@@ -1,7 +1,8 @@
 //! The Markdown plan of changes of every size, read as GitHub would: `wakafleet plan --format
-//! markdown` of 1, 100, 1,000 and 10,000 changed instances of a generated fleet, rendered by a
-//! real CommonMark/GFM renderer (Debian's `cmark-gfm`, with GitHub's table extension and raw
-//! HTML let through, as GitHub lets `<details>` through).
+//! markdown` of 1, 100, 1,000 and 10,000 changed instances of a generated fleet (terminated,
+//! suspended, given a domain of their own or with `ssl` toggled: `generate::review_change`),
+//! rendered by a real CommonMark/GFM renderer (Debian's `cmark-gfm`, with GitHub's table
+//! extension and raw HTML let through, as GitHub lets `<details>` through).
 //!
 //! Each rendering must keep within the byte budget, leave no HTML element open, show the
 //! summary table and name every risky action (each termination and suspension) in the HTML;
@@ -92,39 +93,6 @@ fn assert_balanced(html: &str) -> usize {
     elements
 }
 
-/// Changes `file`'s text for the `index`th changed instance: every 25th is terminated, every
-/// 40th (of the rest) suspended, the others toggle `ssl`.
-fn change(text: &str, index: usize) -> String {
-    let yaml = !text.contains("name = ");
-    let (active, suspended, terminated) = if yaml {
-        ("state: active", "state: suspended", "state: terminated")
-    } else {
-        (
-            "state = \"active\"",
-            "state = \"suspended\"",
-            "state = \"terminated\"",
-        )
-    };
-    if index.is_multiple_of(25) {
-        return text
-            .replacen(active, terminated, 1)
-            .replacen(suspended, terminated, 1);
-    }
-    if index % 40 == 1 && text.contains(active) {
-        return text.replacen(active, suspended, 1);
-    }
-    let (on, off) = if yaml {
-        ("ssl: true", "ssl: false")
-    } else {
-        ("ssl = true", "ssl = false")
-    };
-    if text.contains(on) {
-        text.replacen(on, off, 1)
-    } else {
-        text.replacen(off, on, 1)
-    }
-}
-
 #[test]
 fn markdown_plans_of_every_size_are_valid_github_markdown_within_the_budget() {
     let repo = tempfile::tempdir().expect("a folder");
@@ -147,7 +115,12 @@ fn markdown_plans_of_every_size_are_valid_github_markdown_within_the_budget() {
     let mut changed = 0;
     for (round, size) in SIZES.into_iter().enumerate() {
         for (index, (path, text)) in files.iter().enumerate().take(size).skip(changed) {
-            std::fs::write(path, change(text, index)).expect("an instance file");
+            let name = Path::new(path)
+                .file_stem()
+                .expect("a name")
+                .to_string_lossy();
+            std::fs::write(path, generate::review_change(text, &name, index))
+                .expect("an instance file");
         }
         changed = size;
         let head = generate::commit_and_repack(

@@ -752,3 +752,47 @@ pub fn commit_and_repack(root: &Path, seconds: i64, message: &str) -> String {
     assert!(status.success(), "git repack failed: {status}");
     commit.to_string()
 }
+
+/// The `index`th change of a large pull request, as the plan's reviewers meet them: every
+/// 25th instance terminated, every 40th (if active) suspended, every 5th given a domain of its
+/// own (an entry that groups with nothing), the others with `ssl` toggled. Used by the render
+/// benchmark and the Markdown budget test.
+#[allow(dead_code, reason = "the load benchmark does not change fleets")]
+pub fn review_change(text: &str, name: &str, index: usize) -> String {
+    let toml = text.contains("ssl = ");
+    let (active, suspended, terminated, ssl_on, ssl_off, domain) = if toml {
+        (
+            "state = \"active\"",
+            "state = \"suspended\"",
+            "state = \"terminated\"",
+            "ssl = true",
+            "ssl = false",
+            format!("custom_domain = \"{name}.bench.example\"\nssl = "),
+        )
+    } else {
+        (
+            "state: active",
+            "state: suspended",
+            "state: terminated",
+            "ssl: true",
+            "ssl: false",
+            format!("custom_domain: \"{name}.bench.example\"\nssl: "),
+        )
+    };
+    if index.is_multiple_of(25) {
+        return text
+            .replacen(active, terminated, 1)
+            .replacen(suspended, terminated, 1);
+    }
+    if index % 40 == 1 && text.contains(active) {
+        return text.replacen(active, suspended, 1);
+    }
+    if index % 5 == 2 && !text.contains("custom_domain") {
+        return text.replacen(if toml { "ssl = " } else { "ssl: " }, &domain, 1);
+    }
+    if text.contains(ssl_on) {
+        text.replacen(ssl_on, ssl_off, 1)
+    } else {
+        text.replacen(ssl_off, ssl_on, 1)
+    }
+}

@@ -41,46 +41,6 @@ fn rounds() -> usize {
         .map_or(15, |pair| pair[1].parse().expect("--rounds N"))
 }
 
-/// The `index`th change: a termination, a suspension, a domain of its own, or `ssl` toggled.
-fn change(text: &str, name: &str, index: usize) -> String {
-    let toml = text.contains("ssl = ");
-    let (active, suspended, terminated, ssl_on, ssl_off, domain) = if toml {
-        (
-            "state = \"active\"",
-            "state = \"suspended\"",
-            "state = \"terminated\"",
-            "ssl = true",
-            "ssl = false",
-            format!("custom_domain = \"{name}.bench.example\"\nssl = "),
-        )
-    } else {
-        (
-            "state: active",
-            "state: suspended",
-            "state: terminated",
-            "ssl: true",
-            "ssl: false",
-            format!("custom_domain: \"{name}.bench.example\"\nssl: "),
-        )
-    };
-    if index.is_multiple_of(25) {
-        return text
-            .replacen(active, terminated, 1)
-            .replacen(suspended, terminated, 1);
-    }
-    if index % 40 == 1 && text.contains(active) {
-        return text.replacen(active, suspended, 1);
-    }
-    if index % 5 == 2 && !text.contains("custom_domain") {
-        return text.replacen(if toml { "ssl = " } else { "ssl: " }, &domain, 1);
-    }
-    if text.contains(ssl_on) {
-        text.replacen(ssl_on, ssl_off, 1)
-    } else {
-        text.replacen(ssl_off, ssl_on, 1)
-    }
-}
-
 fn main() {
     let rounds = rounds();
     let limits = Limits::default();
@@ -102,7 +62,8 @@ fn main() {
             continue;
         }
         let name = path.file_stem().expect("a name").to_string_lossy();
-        std::fs::write(path, change(&text, &name, changed)).expect("an instance file");
+        std::fs::write(path, generate::review_change(&text, &name, changed))
+            .expect("an instance file");
         changed += 1;
     }
     let head = generate::commit_and_repack(dir, 1_767_312_000, "10,000 instances changed");

@@ -70,6 +70,15 @@ impl Risk {
         }
     }
 
+    /// Whether a reviewer reads the names of the class's instances without unfolding them:
+    /// terminations, downgrades and breaking upgrades.
+    pub fn names_open(self) -> bool {
+        matches!(
+            self,
+            Risk::Terminate | Risk::Downgrade | Risk::BreakingUpgrade
+        )
+    }
+
     /// The heading of the class.
     pub fn title(self) -> &'static str {
         match self {
@@ -121,6 +130,19 @@ impl<'a> Group<'a> {
             }
         }
         statuses
+    }
+
+    /// "ready" when every action has the same status, else "900 ready, 63 deferred until …".
+    pub fn status_summary(&self) -> String {
+        let statuses = self.by_status();
+        if let [(status, _)] = statuses.as_slice() {
+            return status.clone();
+        }
+        statuses
+            .iter()
+            .map(|(status, actions)| format!("{} {status}", actions.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The reason every action of the group gives, when they all give the same.

@@ -183,17 +183,7 @@ fn write_text_group(
     out.set_color(ColorSpec::new().set_fg(Some(status_color(first.status))))?;
     write!(out, "{}", headline(first))?;
     out.reset()?;
-    let status = statuses
-        .iter()
-        .map(|(status, actions)| {
-            if statuses.len() == 1 {
-                status.clone()
-            } else {
-                format!("{} {status}", actions.len())
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let status = entry.status_summary();
     writeln!(out, " [{status}]")?;
     let changes = if entry.len() == 1 {
         &first.changes[..]
@@ -286,19 +276,25 @@ struct Entry<'a> {
 
 impl Entry<'_> {
     /// The entry with `extra` bytes more than [`Entry::least`] for its names: all of them
-    /// when they fit, else as many as do, and how many more there are. Never longer than
-    /// its least and `extra`.
-    fn render(&self, mut extra: usize, whole_plan: Option<&str>) -> String {
+    /// when they fit, else as many as do, and how many more there are; and whether all of
+    /// them are there. Never longer than its least and `extra`.
+    fn render(&self, mut extra: usize, whole_plan: Option<&str>) -> (String, bool) {
         let mut text = self.head.clone();
         if self.names.is_empty() {
-            return text;
+            return (text, true);
         }
-        let total: usize = self.names.iter().map(|(_, names)| names.len()).sum();
-        let _ = write!(
-            text,
-            "\n  <details><summary>{total} {}s</summary>\n\n",
-            self.actions[0].resource_type.as_str()
-        );
+        // The names of the riskiest changes are never folded away.
+        let folded = !self.risk.names_open();
+        if folded {
+            let total: usize = self.names.iter().map(|(_, names)| names.len()).sum();
+            let _ = write!(
+                text,
+                "\n  <details><summary>{total} {}s</summary>\n\n",
+                self.actions[0].resource_type.as_str()
+            );
+        } else {
+            text.push('\n');
+        }
         let mut all_shown = true;
         for (status, names) in &self.names {
             match status {
@@ -331,13 +327,15 @@ impl Entry<'_> {
                 None => text.push_str("  *The whole plan (`--format json`) lists them all.*\n"),
             }
         }
-        text.push_str("  </details>\n");
-        text
+        if folded {
+            text.push_str("  </details>\n");
+        }
+        (text, all_shown)
     }
 
     /// The least the entry takes: everything but the names.
     fn least(&self, whole_plan: Option<&str>) -> usize {
-        self.render(0, whole_plan).len()
+        self.render(0, whole_plan).0.len()
     }
 }
 
@@ -345,17 +343,7 @@ fn markdown_entry<'a>(entry: &Group<'a>) -> Entry<'a> {
     let first = entry.first();
     let statuses = entry.by_status();
     let mut head = String::new();
-    let status = statuses
-        .iter()
-        .map(|(status, actions)| {
-            if statuses.len() == 1 {
-                status.clone()
-            } else {
-                format!("{} {status}", actions.len())
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let status = entry.status_summary();
     let changes = if entry.len() == 1 {
         let _ = writeln!(
             head,
@@ -467,42 +455,36 @@ pub fn markdown(plan: &Plan, commits: Commits<'_>, budget: Budget<'_>) -> String
         .max(MIN_MAX_BYTES)
         .saturating_sub(CLOSING_ROOM + budget.whole_plan.map_or(0, str::len));
 
-    // First every entry that fits without its names, most risky first (the rest are not
-    // even rendered); then the names, as far as the room left goes, in the same order.
-    let mut used = out.len();
-    let mut entries: Vec<Entry<'_>> = Vec::new();
+    // Entries most risky first, each with all its names while they fit; the first that does
+    // not fit whole gets as many of its names as do, and everything after it is left out (and
+    // not even rendered), so what is left out is always the least risky end.
+    let mut shown = 0;
     let mut previous = None;
     for group in &groups {
         let entry = markdown_entry(group);
         let heading = if previous == Some(entry.risk) {
-            0
+            String::new()
         } else {
-            section_heading(&groups, entry.risk).len()
+            section_heading(&groups, entry.risk)
         };
         let least = entry.least(budget.whole_plan);
-        if used + heading + least > limit {
+        let room = limit.saturating_sub(out.len() + heading.len());
+        if least > room {
             break;
         }
-        used += heading + least;
-        previous = Some(entry.risk);
-        entries.push(entry);
-    }
-    let left_out = &groups[entries.len()..];
-    // The advisories come last, and are left out before any action is.
-    let advisories =
-        advisories_entry(plan).filter(|text| left_out.is_empty() && used + text.len() <= limit);
-    used += advisories.as_ref().map_or(0, String::len);
-    let mut extra = limit.saturating_sub(used);
-    let mut previous = None;
-    for entry in &entries {
-        if previous != Some(entry.risk) {
-            out.push_str(&section_heading(&groups, entry.risk));
-            previous = Some(entry.risk);
-        }
-        let text = entry.render(extra, budget.whole_plan);
-        extra = extra.saturating_sub(text.len().saturating_sub(entry.least(budget.whole_plan)));
+        let (text, whole) = entry.render(room - least, budget.whole_plan);
+        out.push_str(&heading);
         out.push_str(&text);
+        previous = Some(entry.risk);
+        shown += 1;
+        if !whole {
+            break;
+        }
     }
+    let left_out = &groups[shown..];
+    // The advisories come last, and are left out before any action is.
+    let advisories = advisories_entry(plan)
+        .filter(|text| left_out.is_empty() && out.len() + text.len() <= limit);
     if let Some(advisories) = &advisories {
         out.push_str(advisories);
     }

@@ -1022,12 +1022,31 @@ async fn jobs(fixture: &Fixture) {
         ]
     );
 
-    // A failure is retried after a backoff with jitter, then dead-lettered.
+    // A failure is retried after a backoff with jitter, then dead-lettered; the instance
+    // stays as it is while the job will be tried again, and fails with the dead job.
+    store
+        .put_instance(&InstanceRecord {
+            name: "web".into(),
+            status: InstanceStatus::Active,
+            version: Some("1.0.0".into()),
+            config_hash: None,
+            spec: None,
+            health: None,
+            last_error: None,
+            updated_at: t0,
+        })
+        .await
+        .expect("a put");
+    let status_of_web = async || {
+        let record = store.instance("web").await.expect("a read").expect("web");
+        (record.status, record.last_error)
+    };
     let retried = store
         .finish_job(&lease, Finish::Failed("health check timed out"), t0)
         .await
         .expect("finished");
     assert_eq!(retried.status, JobStatus::Pending);
+    assert_eq!(status_of_web().await, (InstanceStatus::Active, None));
     let wait = retried.not_before - t0;
     assert!(
         wait >= backoff(1) && wait < backoff(1) * 2,
@@ -1054,6 +1073,13 @@ async fn jobs(fixture: &Fixture) {
         .expect("finished");
     assert_eq!(dead.status, JobStatus::Dead);
     assert_eq!(dead.error.as_deref(), Some("health check timed out"));
+    assert_eq!(
+        status_of_web().await,
+        (
+            InstanceStatus::Failed,
+            Some("health check timed out".to_string())
+        )
+    );
     // The instance may have a job again; the dead one cannot be retried while it has.
     let replacement = store
         .enqueue(&new_job("web", 5, t0), t0)

@@ -33,7 +33,6 @@ use crate::{
         Error, Store,
         audit::{Actor, Commit, Outcome, Record},
         jobs::{Finish, Job, JobStatus, Lease, Renewal, Step, StepStatus},
-        state::InstanceStatus,
     },
 };
 
@@ -451,8 +450,8 @@ impl Runner {
         self.finish(run, Finish::Cancelled, Some(CANCELLED)).await
     }
 
-    /// Ends the attempt in the store, audits the job's end, and marks the instance failed
-    /// when the job will not be tried again.
+    /// Ends the attempt in the store (which marks the instance failed when the job will not
+    /// be tried again), and audits the job's end.
     async fn finish(
         &self,
         run: &Run<'_>,
@@ -471,11 +470,7 @@ impl Runner {
             JobStatus::Cancelled => Ended::Cancelled,
             _ => Ended::Failed,
         };
-        if matches!(ended, Ended::Dead | Ended::Failed) {
-            self.store
-                .set_instance_status(&job.instance, InstanceStatus::Failed, error, Utc::now())
-                .await?;
-        }
+        // A dead or failed job's instance was marked failed with it, by `finish_job`.
         let mut record = self.record(run, "end", error);
         record.key = Some(format!("job/{}/end/attempt/{}", job.id, run.lease.attempt));
         record

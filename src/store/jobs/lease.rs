@@ -238,7 +238,8 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
-    /// Ends the running attempt a worker holds and returns the job.
+    /// Ends the running attempt a worker holds and returns the job; a job that will not be
+    /// tried again (dead or failed) marks its instance failed with its error, at once.
     ///
     /// Fails with [`Error::Fenced`] when the attempt no longer holds the job (its lease ran
     /// out, it was reaped, or it ended), and with [`Error::Invalid`] when there is no such
@@ -272,16 +273,37 @@ impl Store {
              error = CASE WHEN $4 = 'cancelled' THEN error ELSE $6 END, \
              lease_until_us = NULL, claim = NULL WHERE {FENCE} RETURNING {JOB_COLUMNS}"
         );
+        // A job that will not be tried again fails its instance in the same transaction, so
+        // no reader sees a dead job beside an instance still active, and no crash between
+        // the two writes leaves them so.
         let row = self
-            .retrying(|| {
-                sqlx::query(&sql)
+            .retrying(|| async {
+                let mut transaction = self.pool().begin().await?;
+                let row = sqlx::query(&sql)
                     .bind(lease.job.as_str())
                     .bind(lease.attempt)
                     .bind(micros(at))
                     .bind(outcome)
                     .bind(micros(retry_at))
                     .bind(error)
-                    .fetch_optional(self.pool())
+                    .fetch_optional(&mut *transaction)
+                    .await?;
+                if let Some(row) = &row {
+                    let status: String = sqlx::Row::try_get(row, "status")?;
+                    if status == "dead" || status == "failed" {
+                        let instance: String = sqlx::Row::try_get(row, "instance")?;
+                        sqlx::query(
+                            "UPDATE instances SET status = 'failed', last_error = $2, updated_at_us = $3 WHERE name = $1",
+                        )
+                        .bind(instance)
+                        .bind(error)
+                        .bind(micros(at))
+                        .execute(&mut *transaction)
+                        .await?;
+                    }
+                }
+                transaction.commit().await?;
+                Ok(row)
             })
             .await?;
         match row {

@@ -961,10 +961,26 @@ async fn metrics_parse_as_openmetrics_and_agree_with_the_store() {
         ) >= 1.0
     );
 
-    // A terminated instance's series go with it.
+    // A terminated instance's series go with it. The commit changes no instance's owners,
+    // so the daemon leaves their document (a megabyte at 10,000 instances) as it was.
+    let store = wakafleet::store::Store::open(
+        &face.world.store_url.as_str().into(),
+        wakafleet::store::Options::default(),
+    )
+    .await
+    .expect("the daemon's store");
+    let owners_at = || async {
+        store
+            .daemon_state(wakafleet::daemon::OWNERS)
+            .await
+            .expect("a read")
+            .expect("the owners")
+            .1
+    };
+    let owners_before = owners_at().await;
     face.world
         .instance("beta", "1.0.0", "state = \"terminated\"\n");
-    face.world.commit("Terminate beta");
+    let terminating = face.world.commit("Terminate beta");
     let reconcile = face.post("/api/v1/reconcile", &face.operator);
     assert_eq!(reconcile.status, 202, "{}", reconcile.text());
     until("beta to be terminated", async || {
@@ -995,6 +1011,17 @@ async fn metrics_parse_as_openmetrics_and_agree_with_the_store() {
             &[("kind", "terminate"), ("status", "succeeded")]
         ),
         1.0
+    );
+    let in_force = face.world.status()["commit"]["in_force"].clone();
+    assert_eq!(
+        in_force.as_str(),
+        Some(terminating.as_str()),
+        "the terminating commit is in force"
+    );
+    assert_eq!(
+        owners_at().await,
+        owners_before,
+        "the owners were not rewritten"
     );
     face.daemon.kill();
 }

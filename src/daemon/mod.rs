@@ -129,6 +129,9 @@ struct Seen {
     applied: Option<String>,
     /// When the last pass ran.
     last_pass: Option<DateTime<Utc>>,
+    /// The owners document last written, so a revision that changes no owner (most of
+    /// them) does not rewrite it: at 10,000 instances it is about a megabyte.
+    owners: Option<serde_json::Value>,
 }
 
 impl Daemon {
@@ -612,12 +615,15 @@ impl Leader {
             })
             .collect();
         let value = serde_json::json!({ "epoch": term.epoch, "instances": owners });
-        if let Err(error) = self
-            .store
-            .put_daemon_state(OWNERS, &value, Utc::now())
-            .await
-        {
-            tracing::warn!(%error, "recording the instances' owners");
+        if seen.owners.as_ref() != Some(&value) {
+            match self
+                .store
+                .put_daemon_state(OWNERS, &value, Utc::now())
+                .await
+            {
+                Ok(()) => seen.owners = Some(value),
+                Err(error) => tracing::warn!(%error, "recording the instances' owners"),
+            }
         }
         self.control.set_desired(Some(Arc::clone(&desired)));
         seen.good = Some(desired);

@@ -488,6 +488,24 @@ async fn the_primitives_check_before_they_act_and_take_an_instance_apart() {
     assert!(driver.backups("parts").await.expect("listed").is_empty());
     assert!(!backup.path.exists() && !backup.path.with_extension("dump.sha256").exists());
 
+    // Two makers of the same containers at once, as a cut-off attempt's create landing
+    // beside the next attempt's: whichever finds the name taken looks again, and both end
+    // with the containers as the target says.
+    driver
+        .remove_containers("parts")
+        .await
+        .expect("containers removed");
+    let password = driver::generate_password().expect("a password");
+    let (first, second) = tokio::join!(
+        driver.containers(&v1, &password),
+        driver.containers(&v1, &password)
+    );
+    first.expect("the first maker");
+    second.expect("the second maker, beside the first");
+    for role in ["app", "worker"] {
+        assert!(exists("container", &format!("wakafleet-parts-{role}")));
+    }
+
     // Taken apart twice: the second time every part is already gone.
     assert!(driver.database_exists("parts").await.expect("read"));
     for _ in 0..2 {

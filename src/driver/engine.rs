@@ -217,23 +217,47 @@ impl Engine {
 
     /// Makes the container exist as `spec` says and run: one that already has the same image,
     /// labels and limits is kept (and started); any other is replaced.
+    ///
+    /// A create sent by an attempt that was cut off can reach the engine after this one
+    /// looked: the name is then taken when it creates, and it looks again at what took it.
+    /// The engine reserves a name before the container it names can be inspected, so the
+    /// looks after a taken name wait a little longer each time.
     pub async fn ensure_running(&self, spec: &ContainerSpec) -> Result<(), Error> {
-        match self.container(&spec.name).await? {
-            Some(existing)
-                if existing.image == spec.image
-                    && existing.labels == spec.labels
-                    && existing.nano_cpus == spec.nano_cpus
-                    && existing.memory == spec.memory => {}
-            Some(_) => {
-                self.remove_container(&spec.name).await?;
-                self.create(spec).await?;
+        let mut wait = Duration::from_millis(25);
+        for look in 0..LOOKS {
+            if look > 0 {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
             }
-            None => self.create(spec).await?,
+            let made = match self.container(&spec.name).await? {
+                Some(existing)
+                    if existing.image == spec.image
+                        && existing.labels == spec.labels
+                        && existing.nano_cpus == spec.nano_cpus
+                        && existing.memory == spec.memory =>
+                {
+                    true
+                }
+                Some(_) => {
+                    self.remove_container(&spec.name).await?;
+                    self.create(spec).await?
+                }
+                None => self.create(spec).await?,
+            };
+            // Another maker may replace what was just made: a container it marked for
+            // removal cannot start, and the next look finds what is there instead.
+            if made && self.try_start(&spec.name).await? {
+                return Ok(());
+            }
         }
-        self.start(&spec.name).await
+        Err(Error::Invalid(format!(
+            "region `{}`: the container `{}` was taken or replaced each of the {LOOKS} times it was made; something else on the engine at {} makes containers of that name",
+            self.region, spec.name, self.endpoint
+        )))
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<(), Error> {
+    /// Creates the container; false when its name was taken meanwhile.
+    async fn create(&self, spec: &ContainerSpec) -> Result<bool, Error> {
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
@@ -266,11 +290,26 @@ impl Engine {
             ..ContainerCreateBody::default()
         };
         match self.docker.create_container(Some(options), body).await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(error) if is_conflict(&error) => Ok(false),
             Err(error) if is_not_found(&error) => Err(Error::Invalid(format!(
                 "region `{}`: the image `{}` is not on the engine at {}; build it with `wakafleet image build`",
                 self.region, spec.image, self.endpoint
             ))),
+            Err(error) => Err(self.error(error)),
+        }
+    }
+
+    /// Starts the container; false when the engine refuses because it is being removed or
+    /// replaced (409).
+    async fn try_start(&self, name: &str) -> Result<bool, Error> {
+        match self.docker.start_container(name, None).await {
+            Ok(()) => Ok(true),
+            // 304: already running.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(true),
+            Err(error) if is_conflict(&error) || is_not_found(&error) => Ok(false),
             Err(error) => Err(self.error(error)),
         }
     }
@@ -460,6 +499,10 @@ fn view(inspect: &ContainerInspectResponse) -> ContainerView {
         exit_code: state.and_then(|state| state.exit_code),
     }
 }
+
+/// How many times `ensure_running` looks at a container whose name is taken as it creates
+/// it: the waits between them add up to about 6 s.
+const LOOKS: usize = 9;
 
 fn is_not_found(error: &bollard::errors::Error) -> bool {
     matches!(

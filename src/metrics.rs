@@ -337,11 +337,8 @@ impl Tally {
 
     /// How many attempts of `kind` ended with `result` (`success`, `failure`).
     pub fn attempts(&self, kind: &str, result: &str) -> u64 {
-        self.attempts
-            .iter()
-            .filter(|((k, r), _)| *k == kind && *r == result)
-            .map(|(_, count)| *count)
-            .sum()
+        let attempts: &BTreeMap<(&str, &str), u64> = &self.attempts;
+        attempts.get(&(kind, result)).copied().unwrap_or(0)
     }
 }
 

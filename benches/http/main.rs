@@ -482,12 +482,7 @@ impl Client {
         self.buffer.drain(..held);
         let mut left = length - held;
         while left > 0 {
-            let read = self
-                .stream
-                .read(&mut self.scratch)
-                .await
-                .expect("the answer");
-            assert!(read > 0, "the server closed the connection");
+            let read = self.read().await;
             let taken = read.min(left);
             if keep {
                 body.extend_from_slice(&self.scratch[..taken]);
@@ -500,13 +495,19 @@ impl Client {
     }
 
     async fn fill(&mut self) {
+        let read = self.read().await;
+        self.buffer.extend_from_slice(&self.scratch[..read]);
+    }
+
+    /// Reads what the socket has into `scratch`; the server must not close the connection.
+    async fn read(&mut self) -> usize {
         let read = self
             .stream
             .read(&mut self.scratch)
             .await
             .expect("the answer");
         assert!(read > 0, "the server closed the connection");
-        self.buffer.extend_from_slice(&self.scratch[..read]);
+        read
     }
 }
 

@@ -146,15 +146,7 @@ fn write_text(
         for advisory in group::groups(&plan.advisories) {
             let first = advisory.first();
             let names = names_line(&advisory.actions, verbose.then_some(usize::MAX));
-            let names = if advisory.len() == 1 {
-                format!("{} {names}", first.resource_type.as_str())
-            } else {
-                format!(
-                    "{} {}s ({names})",
-                    advisory.len(),
-                    first.resource_type.as_str()
-                )
-            };
+            let names = counted(&advisory, &names);
             writeln!(
                 out,
                 "  {}: {} [{}]\n      why: {}",
@@ -214,6 +206,16 @@ fn write_text_group(
         }
     }
     Ok(())
+}
+
+/// "instance a" for one action, "4 instances (a, b, c, d)" for more, around `names`.
+fn counted(group: &Group<'_>, names: &str) -> String {
+    let kind = group.first().resource_type.as_str();
+    if group.len() == 1 {
+        format!("{kind} {names}")
+    } else {
+        format!("{} {kind}s ({names})", group.len())
+    }
 }
 
 /// "a, b, c and 7 more (--verbose lists all)" for a terminal; `limit` names at most.
@@ -550,15 +552,7 @@ fn advisories_entry(plan: &Plan) -> Option<String> {
         if advisory.len() > ADVISORY_NAMES {
             names += &format!(" and {} more", advisory.len() - ADVISORY_NAMES);
         }
-        let names = if advisory.len() == 1 {
-            format!("{} {names}", first.resource_type.as_str())
-        } else {
-            format!(
-                "{} {}s ({names})",
-                advisory.len(),
-                first.resource_type.as_str()
-            )
-        };
+        let names = counted(&advisory, &names);
         let _ = writeln!(
             out,
             "- {names}: **{}** — {}",

@@ -274,7 +274,7 @@ fn a_state_snapshot_is_planned_against() {
         .instances
         .get_mut("nairobi-hardware-production")
         .expect("in the example");
-    instance.version = semver::Version::new(1, 4, 2);
+    std::sync::Arc::make_mut(instance).version = semver::Version::new(1, 4, 2);
     let dir = tempfile::tempdir().expect("temporary folder");
     let snapshot = plan::snapshot::from_actual(&actual);
     write(

@@ -20,11 +20,13 @@ fn snapshot_file(dir: &Path) -> String {
     let inputs = source::read_folder(&root().join("fleet"), &Limits::default()).expect("read");
     let fleet = validate::check(inputs, &Limits::default()).fleet;
     let mut actual = plan::converged_base(&fleet);
-    actual
-        .instances
-        .get_mut("nairobi-hardware-production")
-        .expect("in the example")
-        .version = semver::Version::new(1, 4, 2);
+    std::sync::Arc::make_mut(
+        actual
+            .instances
+            .get_mut("nairobi-hardware-production")
+            .expect("in the example"),
+    )
+    .version = semver::Version::new(1, 4, 2);
     let snapshot = plan::snapshot::from_actual(&actual);
     write(
         dir,

@@ -363,6 +363,11 @@ async fn ten_thousand(rounds: usize) {
         let new = started.elapsed();
         assert_eq!(outcome.enqueued.len(), 1, "one configure job per commit");
         let after = cache.stats();
+        assert_eq!(
+            after.revised - before.revised,
+            1,
+            "the validation before revised"
+        );
 
         // The job's work done, as its last step records it; the job itself set aside.
         let job = &outcome.enqueued[0];
@@ -434,6 +439,13 @@ async fn ten_thousand(rounds: usize) {
     let tick = row(
         "tick: reconcile pass, no new commit, state unchanged",
         &mut ticks,
+    );
+    let planned = memo.plan_stats();
+    println!(
+        "instances planned again over all passes: {} (reused {}); validations revised: {}",
+        planned.planned,
+        planned.reused,
+        cache.stats().revised
     );
     println!(
         "files decoded per new commit: {:?}; new commit / cold {:.3} (goal <= 0.10), tick / cold {:.3} (goal <= 0.05), first tick after a job / cold {:.3}",

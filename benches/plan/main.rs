@@ -544,6 +544,7 @@ fn change_instances(dir: &Path, limits: &Limits) -> Change {
     let upgradable: Vec<&Instance> = fleet
         .instances
         .values()
+        .map(|instance| &**instance)
         .filter(|instance| {
             fleet.channels[&instance.channel.value].mode == ChannelMode::ManualApproval
                 && running(instance) == RunState::Active
@@ -559,6 +560,7 @@ fn change_instances(dir: &Path, limits: &Limits) -> Change {
     let others: Vec<&Instance> = fleet
         .instances
         .values()
+        .map(|instance| &**instance)
         .filter(|instance| {
             running(instance) != RunState::Terminated
                 && !upgraded_names.contains(instance.name.value.as_str())

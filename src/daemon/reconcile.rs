@@ -2,8 +2,10 @@
 //! engines show, and the jobs that close the difference.
 //!
 //! The pass is level-triggered and idempotent: it is not told why it runs, reads the state
-//! afresh, plans with `plan::compute` (the function `wakafleet plan` uses, so what the daemon
-//! does is what a plan shows), and acts on the plan's ready actions only:
+//! afresh, plans with `plan::compute_with` (which plans what `plan::compute`, the function
+//! `wakafleet plan` uses, plans, so what the daemon does is what a plan shows; it only plans
+//! again just the instances whose inputs changed), and acts on the plan's ready actions
+//! only:
 //! - partners, tenants, channels and releases are recorded at once (audited first, under a
 //!   key, so a pass cut off between the two records the change once);
 //! - each instance gets at most one job at a time, for its first ready action in plan order
@@ -67,17 +69,27 @@ pub struct Desired {
     pub approver: Actor,
 }
 
-/// What a pass keeps for the next: the recorded state it read, and whether it was quiet.
+/// What a pass keeps for the next: the recorded state it read, the plans of its instances,
+/// and whether it was quiet.
 ///
 /// A pass re-reads the store's state only when its generation moved. A pass may skip the
 /// plan altogether and repeat the last quiet outcome (no ready work, no job, no entity
 /// change, nothing drifted) when the revision and the state are the same and no deferred
 /// window has opened since: the plan depends on the time only through windows, and a window
-/// that closes turns nothing ready.
+/// that closes turns nothing ready. A pass that plans plans again only the instances whose
+/// inputs changed (`plan::Memo`).
 #[derive(Default)]
 pub struct Memo {
     actual: Option<(store::daemon_state::Generation, Actual)>,
+    plan: plan::Memo,
     quiet: Option<(String, store::daemon_state::Generation, Outcome)>,
+}
+
+impl Memo {
+    /// What the memo of the instances' plans has done.
+    pub fn plan_stats(&self) -> plan::MemoStats {
+        self.plan.stats()
+    }
 }
 
 /// What a pass found and did.
@@ -168,8 +180,14 @@ pub async fn reconcile(
         memo.actual = Some((generation, actual));
         return Ok(outcome);
     }
-    let plan = plan::compute(&desired.fleet, &desired.sources, &actual, now);
-    let entities = record_entities(ctx, desired, &plan, &actual, now).await?;
+    let plan = plan::compute_with(
+        &desired.fleet,
+        &desired.sources,
+        &actual,
+        now,
+        &mut memo.plan,
+    );
+    let entities = record_entities(ctx, desired, &plan, &actual, &mut memo.plan, now).await?;
 
     let mut outcome = Outcome {
         plan: Plan {
@@ -213,7 +231,12 @@ pub async fn reconcile(
             }
             continue;
         };
-        let job = match job_for(fleet, action, actual.instances.get(name), desired) {
+        let job = match job_for(
+            fleet,
+            action,
+            actual.instances.get(name).map(|deployed| &**deployed),
+            desired,
+        ) {
             Ok(job) => job,
             Err(error) => {
                 tracing::warn!(instance = %name, %error, "no job can be made for the plan's action");
@@ -538,9 +561,10 @@ async fn record_entities(
     desired: &Desired,
     plan: &Plan,
     actual: &Actual,
+    memo: &mut plan::Memo,
     now: DateTime<Utc>,
 ) -> Result<usize, Error> {
-    let fleet_entities = fields::entities(desired.fleet.fleet());
+    let fleet_entities = memo.entities(desired.fleet.fleet());
     let mut count = 0;
     for action in &plan.actions {
         let resource_type = action.resource_type;

@@ -235,9 +235,12 @@ impl Diagnostic {
 }
 
 /// The fleet's files as text, so spans can be turned into lines, columns and snippets.
-#[derive(Debug, Default)]
+///
+/// Files are shared between clones, so a map of thousands of files is copied in a moment
+/// (the decode cache keeps the last validation's to revise it).
+#[derive(Clone, Debug, Default)]
 pub struct SourceMap {
-    files: Vec<SourceFile>,
+    files: Vec<std::sync::Arc<SourceFile>>,
 }
 
 #[derive(Debug)]
@@ -263,12 +266,22 @@ impl SourceMap {
     /// Adds a file; `path` is relative to the fleet root, with `/` separators.
     pub fn add(&mut self, path: impl Into<String>, text: String) -> FileId {
         let id = FileId(u32::try_from(self.files.len()).expect("fewer than 2^32 files"));
-        self.files.push(SourceFile {
+        self.files.push(std::sync::Arc::new(SourceFile {
             path: path.into(),
             text,
             line_starts: std::sync::OnceLock::new(),
-        });
+        }));
         id
+    }
+
+    /// Replaces the text of a file, keeping its path and id.
+    pub(crate) fn replace(&mut self, file: FileId, text: String) {
+        let path = self.path(file).to_string();
+        self.files[file.index()] = std::sync::Arc::new(SourceFile {
+            path,
+            text,
+            line_starts: std::sync::OnceLock::new(),
+        });
     }
 
     pub fn len(&self) -> usize {

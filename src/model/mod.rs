@@ -7,7 +7,7 @@
 
 mod quantity;
 
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use chrono::NaiveDate;
 use schemars::JsonSchema;
@@ -26,7 +26,10 @@ pub struct Fleet {
     pub channels: BTreeMap<String, Channel>,
     /// Ordered by semver precedence, oldest first.
     pub releases: BTreeMap<Version, Release>,
-    pub instances: BTreeMap<String, Instance>,
+    /// Shared with the decode cache (`validate::Cache`), so a fleet read again after a
+    /// commit that changed one file copies no unchanged instance, and `plan::Memo` can tell
+    /// an unchanged instance by its address.
+    pub instances: BTreeMap<String, Arc<Instance>>,
 }
 
 impl Fleet {

@@ -5,7 +5,7 @@
 //! [`converged_base`] derives an actual state from a fleet, as if the daemon had carried out
 //! everything that fleet implies: the offline stand-in for the daemon's records.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use semver::Version;
 
@@ -39,7 +39,9 @@ pub struct ActualInstance {
 pub struct Actual {
     /// Partners, tenants, channels and releases as recorded, field by field.
     pub entities: BTreeMap<(ResourceType, String), Fields>,
-    pub instances: BTreeMap<String, ActualInstance>,
+    /// Shared, so a plan's memo (`plan::Memo`) tells an instance read in the same state by
+    /// its address.
+    pub instances: BTreeMap<String, Arc<ActualInstance>>,
     /// What an observation of the real instances found to differ from what was applied, by
     /// instance (the daemon observes; a plan from a record or a commit sees none).
     pub drift: BTreeMap<String, Vec<Drift>>,
@@ -84,7 +86,11 @@ pub fn converged_base(fleet: &Fleet) -> Actual {
         entities: fields::entities(fleet),
         ..Actual::default()
     };
-    let instances: Vec<&Instance> = fleet.instances.values().collect();
+    let instances: Vec<&Instance> = fleet
+        .instances
+        .values()
+        .map(|instance| &**instance)
+        .collect();
     let converged = parallel::map_chunks(&instances, 1_000, |instances| {
         let mut memo = policy::Memo::converging();
         let mut converged = Vec::with_capacity(instances.len());
@@ -116,6 +122,10 @@ pub fn converged_base(fleet: &Fleet) -> Actual {
         }
         converged
     });
-    actual.instances = converged.into_iter().flatten().collect();
+    actual.instances = converged
+        .into_iter()
+        .flatten()
+        .map(|(name, instance)| (name, Arc::new(instance)))
+        .collect();
     actual
 }

@@ -9,10 +9,14 @@
 pub mod actual;
 pub mod fields;
 pub mod group;
+mod memo;
 pub mod render;
 pub mod snapshot;
 
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
 use chrono::{DateTime, Utc};
 use semver::Version;
@@ -29,6 +33,7 @@ use crate::{
 pub use actual::{Actual, ActualInstance, Drift, RunState, converged_base, effective_state};
 pub use fields::Fields;
 pub use fields::ResourceType;
+pub use memo::{Memo, Stats as MemoStats};
 
 /// What an action does, in the order a plan lists the actions of one resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -165,6 +170,9 @@ impl Plan {
 /// Instances per thread below which planning stays on one thread.
 const PER_THREAD: usize = 1_000;
 
+/// Instances per thread below which looking up remembered plans stays on one thread.
+const REUSES_PER_THREAD: usize = 4_000;
+
 /// The plan that takes `actual` to `desired` at `now`.
 ///
 /// `sources` are the desired fleet's files, so reasons can name them.
@@ -174,44 +182,88 @@ pub fn compute(
     actual: &Actual,
     now: DateTime<Utc>,
 ) -> Plan {
+    plan(desired, sources, actual, now, None)
+}
+
+/// The plan [`compute`] makes, reusing what `memo` remembers of the plans before it for
+/// the instances whose inputs did not change, and remembering this one's (see [`Memo`]).
+pub fn compute_with(
+    desired: &ValidFleet,
+    sources: &SourceMap,
+    actual: &Actual,
+    now: DateTime<Utc>,
+    memo: &mut Memo,
+) -> Plan {
+    plan(desired, sources, actual, now, Some(memo))
+}
+
+fn plan(
+    desired: &ValidFleet,
+    sources: &SourceMap,
+    actual: &Actual,
+    now: DateTime<Utc>,
+    mut memo: Option<&mut Memo>,
+) -> Plan {
     let fleet = desired.fleet();
-    let mut actions = entity_actions(fleet, actual);
-    let names: Vec<&String> = fleet
-        .instances
-        .keys()
-        .chain(actual.instances.keys())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let mut actions = match memo.as_deref_mut() {
+        Some(memo) => {
+            memo.begin(fleet);
+            entity_actions(&memo.entities(fleet), actual)
+        }
+        None => entity_actions(&fields::entities(fleet), actual),
+    };
+    let names = union(&fleet.instances, &actual.instances);
     // Instances are planned independently, so they are split over the cores; each thread
-    // keeps its own memo of policy decisions.
-    let planned = parallel::map_chunks(&names, PER_THREAD, |names| {
-        let mut memo = policy::Memo::at(now);
-        let mut actions = Vec::new();
-        let mut advisories = Vec::new();
+    // keeps its own memo of policy decisions. Reusing a remembered plan is cheaper than
+    // starting a thread, so with a memo the split is by what is left to plan.
+    let kept = memo.as_deref();
+    let per_thread = if kept.is_some_and(|memo| !memo.instances.is_empty()) {
+        REUSES_PER_THREAD
+    } else {
+        PER_THREAD
+    };
+    let planned = parallel::map_chunks(&names, per_thread, |names| {
+        let mut decide = policy::Memo::at(now);
+        let mut part = Part::default();
         for &name in names {
             match (fleet.instances.get(name), actual.instances.get(name)) {
                 (Some(instance), deployed) => {
-                    let file = sources.path(instance.name.span.file);
-                    let drift = actual.drift.get(name).map_or(&[][..], Vec::as_slice);
-                    let decisions = instance_actions(
-                        fleet,
+                    let inputs = memo::Inputs {
                         instance,
-                        file,
-                        (deployed, drift),
-                        &mut memo,
-                        &mut actions,
-                    );
-                    for (decision, action) in decisions {
-                        if decision {
-                            advisories.push(action);
-                        } else {
-                            actions.push(action);
-                        }
+                        file: sources.path(instance.name.span.file),
+                        owners: memo::Inputs::owners(fleet, instance),
+                        deployed,
+                        drift: actual.drift.get(name).map_or(&[][..], Vec::as_slice),
+                    };
+                    let remembered = kept
+                        .and_then(|memo| memo.instances.get(name))
+                        .filter(|planned| planned.made_from(&inputs));
+                    if let Some(planned) = remembered {
+                        part.add(planned.output.clone());
+                        part.reused += 1;
+                        continue;
                     }
+                    let output = instance_actions(fleet, &inputs, &mut decide);
+                    if kept.is_some() {
+                        // What a window decides changes with the time alone; a blocked
+                        // change waits for no window.
+                        let timeless = output
+                            .decisions
+                            .iter()
+                            .all(|(_, action)| action.status == Status::Blocked)
+                            || fleet.channels[&instance.channel.value]
+                                .maintenance_window
+                                .is_none();
+                        part.fresh.push(if timeless {
+                            memo::Fresh::Keep(name.clone(), inputs.keep(output.clone()))
+                        } else {
+                            memo::Fresh::Forget(name.clone())
+                        });
+                    }
+                    part.add(output);
                 }
                 (None, Some(deployed)) if deployed.state != RunState::Terminated => {
-                    actions.push(Action::new(
+                    part.actions.push(Action::new(
                         Kind::Orphaned,
                         ResourceType::Instance,
                         name,
@@ -223,12 +275,18 @@ pub fn compute(
                 (None, _) => {}
             }
         }
-        (actions, advisories)
+        part
     });
     let mut advisories = Vec::new();
-    for (more_actions, more_advisories) in planned {
-        actions.extend(more_actions);
-        advisories.extend(more_advisories);
+    let (mut fresh, mut reused) = (Vec::new(), 0);
+    for part in planned {
+        actions.extend(part.actions);
+        advisories.extend(part.advisories);
+        fresh.extend(part.fresh);
+        reused += part.reused;
+    }
+    if let Some(memo) = memo {
+        memo.record(fleet, fresh, reused);
     }
     let order = |a: &Action, b: &Action| {
         (a.resource_type, &a.id, a.kind, &a.to).cmp(&(b.resource_type, &b.id, b.kind, &b.to))
@@ -242,9 +300,57 @@ pub fn compute(
     }
 }
 
-/// Create, update and delete actions for partners, tenants, channels and releases.
-fn entity_actions(fleet: &Fleet, actual: &Actual) -> Vec<Action> {
-    let desired = fields::entities(fleet);
+/// The keys of both maps, in order, each once.
+fn union<'a, A, B>(a: &'a BTreeMap<String, A>, b: &'a BTreeMap<String, B>) -> Vec<&'a String> {
+    let mut names = Vec::with_capacity(a.len().max(b.len()));
+    let (mut a, mut b) = (a.keys().peekable(), b.keys().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => match x.cmp(y) {
+                std::cmp::Ordering::Less => a.next(),
+                std::cmp::Ordering::Greater => b.next(),
+                std::cmp::Ordering::Equal => {
+                    b.next();
+                    a.next()
+                }
+            },
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => break,
+        };
+        names.extend(next);
+    }
+    names
+}
+
+/// What one thread planned.
+#[derive(Default)]
+struct Part {
+    actions: Vec<Action>,
+    advisories: Vec<Action>,
+    fresh: Vec<memo::Fresh>,
+    reused: usize,
+}
+
+impl Part {
+    fn add(&mut self, output: memo::Output) {
+        self.actions.extend(output.actions);
+        for (advisory, action) in output.decisions {
+            if advisory {
+                self.advisories.push(action);
+            } else {
+                self.actions.push(action);
+            }
+        }
+    }
+}
+
+/// Create, update and delete actions for partners, tenants, channels and releases, whose
+/// fields in the fleet are `desired`.
+fn entity_actions(
+    desired: &BTreeMap<(ResourceType, String), Fields>,
+    actual: &Actual,
+) -> Vec<Action> {
     let keys: BTreeSet<&(ResourceType, String)> =
         desired.keys().chain(actual.entities.keys()).collect();
     let mut actions = Vec::new();
@@ -288,25 +394,32 @@ fn diff(before: Option<&Fields>, after: Option<&Fields>) -> Vec<Change> {
         .collect()
 }
 
-/// Pushes the lifecycle, configuration and scaling actions of an instance, and returns its
-/// version changes, each marked true when it is an advisory.
+/// The lifecycle, configuration and scaling actions of an instance, and its version changes.
 fn instance_actions(
     fleet: &Fleet,
-    instance: &Instance,
-    file: &str,
-    (deployed, drift): (Option<&ActualInstance>, &[Drift]),
+    inputs: &memo::Inputs<'_>,
     memo: &mut policy::Memo,
-    actions: &mut Vec<Action>,
-) -> Vec<(bool, Action)> {
+) -> memo::Output {
+    let memo::Inputs {
+        instance,
+        file,
+        deployed,
+        drift,
+        ..
+    } = *inputs;
+    let mut output = memo::Output::default();
+    let actions = &mut output.actions;
     let name = &instance.name.value;
     let state = effective_state(fleet, instance);
     let channel = &fleet.channels[&instance.channel.value];
     let resources =
         validate::resources_of(fleet, instance).expect("a valid fleet sizes every instance");
-    let deployed = deployed.filter(|deployed| deployed.state != RunState::Terminated);
+    let deployed = deployed
+        .map(|deployed| &**deployed)
+        .filter(|deployed| deployed.state != RunState::Terminated);
     let Some(deployed) = deployed else {
         if state == RunState::Terminated {
-            return Vec::new();
+            return output;
         }
         let input = policy::Input {
             instance,
@@ -327,7 +440,7 @@ fn instance_actions(
             action.status = Status::Blocked;
             action.blocked_reason = Some(BlockedReason::NoUpgradePath);
             actions.push(action);
-            return Vec::new();
+            return output;
         };
         let mut action = Action::new(
             Kind::Provision,
@@ -349,7 +462,7 @@ fn instance_actions(
                 suspend_reason(fleet, instance, file),
             ));
         }
-        return Vec::new();
+        return output;
     };
     if state == RunState::Terminated {
         actions.push(Action::new(
@@ -361,7 +474,7 @@ fn instance_actions(
                 backup_path(fleet, instance, backups::Purpose::Final)
             ),
         ));
-        return Vec::new();
+        return output;
     }
     match (deployed.state, state) {
         (RunState::Active, RunState::Suspended) => {
@@ -410,7 +523,7 @@ fn instance_actions(
     }
     if state != RunState::Active {
         // A suspended instance is upgraded when it resumes.
-        return Vec::new();
+        return output;
     }
     let input = policy::Input {
         instance,
@@ -418,7 +531,6 @@ fn instance_actions(
         releases: &fleet.releases,
         actual: Some(&deployed.version),
     };
-    let mut decisions = Vec::new();
     for decision in memo.decide(&input).iter().cloned() {
         let advisory = decision.advisory;
         let kind = if decision.is_downgrade() {
@@ -454,9 +566,9 @@ fn instance_actions(
         action.breaking = kind == Kind::Upgrade && decision.breaking;
         action.from = Some(decision.from);
         action.to = Some(decision.to);
-        decisions.push((advisory, action));
+        output.decisions.push((advisory, action));
     }
-    decisions
+    output
 }
 
 /// The repair of an instance that runs as applied no longer: its network and volume made

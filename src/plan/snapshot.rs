@@ -4,7 +4,7 @@
 //! will write them. The wire types here are the contract (their JSON Schema is checked in as
 //! `schemas/state.schema.json`) and convert explicitly to and from [`Actual`].
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -143,12 +143,12 @@ pub fn into_actual(snapshot: Snapshot) -> Result<Actual, Error> {
         };
         actual.instances.insert(
             name,
-            ActualInstance {
+            Arc::new(ActualInstance {
                 version,
                 state,
                 resources,
                 config: instance.config,
-            },
+            }),
         );
     }
     Ok(actual)
@@ -208,7 +208,7 @@ mod tests {
         let mut actual = crate::plan::converged_base(&fleet);
         actual.instances.insert(
             "web".to_string(),
-            ActualInstance {
+            Arc::new(ActualInstance {
                 version: semver::Version::new(1, 4, 2),
                 state: RunState::Suspended,
                 resources: Resources {
@@ -217,7 +217,7 @@ mod tests {
                     storage: ByteSize::from_bytes(50 << 30),
                 },
                 config: BTreeMap::from([("region".to_string(), "ng-lagos".to_string())]),
-            },
+            }),
         );
         actual.entities.insert(
             (ResourceType::Partner, "p".to_string()),

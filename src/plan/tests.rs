@@ -318,3 +318,100 @@ mod budget {
         }
     }
 }
+
+/// A fleet of `count` instances on a manual channel with a Saturday window, those in
+/// `newer` at 1.1.0 and the rest at 1.0.0; `partner` and `releases` add lines and files.
+fn windowed(count: usize, newer: &[usize], partner: &str, releases: &[(&str, &str)]) -> Validation {
+    let mut files: Vec<(String, String)> = vec![
+        ("fleet.toml".into(), FLEET.into()),
+        (
+            "partners/p.toml".into(),
+            format!("id = \"p\"\nname = \"P\"\nemail = \"o@p.example\"\n{partner}"),
+        ),
+        (
+            "channels/m.toml".into(),
+            "name = \"m\"\nmode = \"manual-approval\"\n[maintenance_window]\ndays = [\"sat\"]\nstart = \"02:00\"\nduration = \"2h\"\ntimezone = \"Africa/Lagos\"\n".into(),
+        ),
+    ];
+    files.extend(
+        RELEASES
+            .iter()
+            .chain(releases)
+            .map(|(path, text)| (path.to_string(), text.to_string())),
+    );
+    for index in 0..count {
+        let version = if newer.contains(&index) {
+            "1.1.0"
+        } else {
+            "1.0.0"
+        };
+        files.push((
+            format!("instances/i{index:02}.toml"),
+            format!(
+                "name = \"i{index:02}\"\ntype = \"shared-saas\"\npartner = \"p\"\nregion = \"ng-lagos\"\ndata_residency = [\"NG\"]\nchannel = \"m\"\nsize = \"small\"\nversion = \"{version}\"\n"
+            ),
+        ));
+    }
+    let validation = validate::check_texts(files);
+    assert!(!validation.has_errors(), "{:#?}", validation.diagnostics);
+    validation
+}
+
+#[test]
+fn a_plan_through_a_memo_is_the_plan_compute_makes() {
+    use crate::plan::{Drift, Memo, compute_with};
+
+    let closed: DateTime<Utc> = "2026-01-07T12:00:00Z".parse().expect("a time");
+    let open: DateTime<Utc> = "2026-01-03T01:30:00Z"
+        .parse()
+        .expect("a Saturday in the window");
+    let deployed = converged_base(&windowed(40, &[], "", &[]).fleet);
+    let mut drifted = deployed.clone();
+    drifted.drift.insert(
+        "i07".into(),
+        vec![Drift {
+            what: "its app container is stopped".into(),
+            repairable: true,
+        }],
+    );
+    let newer_release = [(
+        "releases/1.2.0.toml",
+        "version = \"1.2.0\"\nstatus = \"stable\"\nreleased = 2026-01-03\nimage = \"i\"\n",
+    )];
+    let mut fewer = windowed(40, &[3], "", &[]);
+    fewer.fleet.instances.remove("i05");
+    let steps = [
+        (windowed(40, &[3, 9], "", &[]), &deployed, closed),
+        // The same at another time: the upgrades' window opened.
+        (windowed(40, &[3, 9], "", &[]), &deployed, open),
+        (windowed(40, &[3, 9], "", &[]), &deployed, closed),
+        // One instance changed, one drifted, the partner suspended, a release added.
+        (windowed(40, &[3], "", &[]), &deployed, closed),
+        (windowed(40, &[3], "", &[]), &drifted, closed),
+        (
+            windowed(40, &[3], "state = \"suspended\"\n", &[]),
+            &deployed,
+            closed,
+        ),
+        (windowed(40, &[3], "", &newer_release), &deployed, open),
+        // An instance's file gone: it is orphaned.
+        (fewer, &deployed, closed),
+        (windowed(40, &[3], "", &[]), &deployed, closed),
+    ];
+    let mut memo = Memo::default();
+    for (step, (mut head, actual, at)) in steps.into_iter().enumerate() {
+        let desired = head.take_valid().expect("a valid head");
+        let plain = compute(&desired, &head.sources, actual, at);
+        let remembered = compute_with(&desired, &head.sources, actual, at, &mut memo);
+        assert_eq!(remembered, plain, "step {step}");
+        assert!(
+            !plain.is_empty() || step == 8,
+            "step {step} plans something"
+        );
+    }
+    let stats = memo.stats();
+    // Only the instances with a window's decision (two, then one) and those whose inputs
+    // changed were planned again; the suspension and the release changed every instance.
+    assert!(stats.reused > 150, "{stats:?}");
+    assert!(stats.planned < 200, "{stats:?}");
+}

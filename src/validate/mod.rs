@@ -9,9 +9,13 @@
 mod cache;
 mod decode;
 mod entities;
+mod revise;
 mod secrets;
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use crate::{
     diag::{self, Code, Diagnostic, FileId, SourceMap, Span, Spanned, did_you_mean},
@@ -72,7 +76,7 @@ impl Validation {
 /// not depend on how many.
 pub fn check(inputs: Vec<Input>, limits: &Limits) -> Validation {
     let inputs = inputs.into_iter().map(CachedInput::uncached).collect();
-    check_cached(inputs, limits, &mut Cache::default())
+    from_scratch(inputs, limits, &mut Cache::default()).0
 }
 
 /// Validates the files of one fleet as [`check`] does, reusing what `cache` remembers of
@@ -80,9 +84,29 @@ pub fn check(inputs: Vec<Input>, limits: &Limits) -> Validation {
 ///
 /// The result equals what [`check`] returns for the same files, spans included: only the
 /// parsing and decoding of files whose content, kind and syntax the cache knows is skipped;
-/// the rules across files run as always. Afterwards the cache holds what this validation
-/// and the one before it used, and nothing else (see [`Cache`]).
+/// the rules across files run as always, unless only instance files changed since the last
+/// validation through the cache, which is then revised (see `revise`). Afterwards the cache
+/// holds what this validation and the one before it used, and nothing else (see [`Cache`]).
 pub fn check_cached(inputs: Vec<CachedInput>, limits: &Limits, cache: &mut Cache) -> Validation {
+    if let Some(validation) = revise::revise(&inputs, limits, cache) {
+        return validation;
+    }
+    let given: Vec<(String, Option<ContentId>)> = inputs
+        .iter()
+        .map(|input| (input.path.clone(), input.id()))
+        .collect();
+    let (validation, files) = from_scratch(inputs, limits, cache);
+    cache.last = revise::Last::of(given, &files, &validation);
+    validation
+}
+
+/// Validates every file, decoding those the cache does not know; also returns the fleet
+/// files with their kind and syntax.
+fn from_scratch(
+    inputs: Vec<CachedInput>,
+    limits: &Limits,
+    cache: &mut Cache,
+) -> (Validation, Vec<(FileId, Kind, Format)>) {
     let (inputs, ids) = cache.begin(inputs, limits);
     let mut loaded = load::read(inputs, limits);
     let mut ctx = Ctx::new(std::mem::take(&mut loaded.diagnostics));
@@ -92,11 +116,12 @@ pub fn check_cached(inputs: Vec<CachedInput>, limits: &Limits, cache: &mut Cache
     cross_check(&fleet, &mut ctx);
     let mut diagnostics = ctx.diagnostics;
     diag::sort(&mut diagnostics, &loaded.sources);
-    Validation {
+    let validation = Validation {
         sources: loaded.sources,
         fleet,
         diagnostics,
-    }
+    };
+    (validation, loaded.files)
 }
 
 /// Validates files given as `(path, text)`: the short way in for unit tests.
@@ -120,8 +145,9 @@ enum Entity {
     Tenant(Tenant),
     Channel(Channel),
     Release(Release),
-    /// Boxed: an instance is several times larger than the other entities.
-    Instance(Box<Instance>),
+    /// Shared: an instance is several times larger than the other entities, and the fleet
+    /// holds the very value the cache keeps.
+    Instance(Arc<Instance>),
 }
 
 /// Files per thread below which a second thread costs more than it saves.
@@ -247,7 +273,7 @@ fn decode_file(
         Kind::Tenant => entities::tenant(ctx, &root).map(Entity::Tenant),
         Kind::Channel => entities::channel(ctx, &root).map(Entity::Channel),
         Kind::Release => entities::release(ctx, &root).map(Entity::Release),
-        Kind::Instance => entities::instance(ctx, &root).map(|i| Entity::Instance(Box::new(i))),
+        Kind::Instance => entities::instance(ctx, &root).map(|i| Entity::Instance(Arc::new(i))),
     }
 }
 
@@ -303,7 +329,7 @@ fn file_entities(decoded: Vec<(FileId, Entity)>, sources: &SourceMap, ctx: &mut 
                 if register(ctx, &mut seen, Kind::Instance, name, &instance.name) {
                     fleet
                         .instances
-                        .insert(instance.name.value.clone(), *instance);
+                        .insert(instance.name.value.clone(), instance);
                 }
             }
         }

@@ -25,7 +25,7 @@ use crate::{
     model::{Channel, Instance, Partner, Region, Release, Settings, Tenant},
 };
 
-use super::Entity;
+use super::{Entity, revise::Last};
 
 /// The git blob id of a file's bytes (SHA-1 of `blob <length>\0` and the bytes).
 ///
@@ -102,6 +102,11 @@ impl Known {
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 impl fmt::Debug for Known {
@@ -116,6 +121,15 @@ impl CachedInput {
         CachedInput {
             path: input.path,
             content: CachedContent::Other(input.content),
+        }
+    }
+
+    /// The id of its content, if it has one.
+    pub fn id(&self) -> Option<ContentId> {
+        match &self.content {
+            CachedContent::Read { id, .. } => Some(*id),
+            CachedContent::Known(known) => Some(known.id),
+            CachedContent::Other(_) => None,
         }
     }
 
@@ -147,6 +161,9 @@ pub struct Cache {
     decodings: HashMap<Key, Held<Decoding>>,
     decoded: u64,
     reused: u64,
+    revised: u64,
+    /// The last validation, if the next may revise it (`super::revise`).
+    pub(super) last: Option<Last>,
 }
 
 /// What a cache holds and has done: counts since it was created, sizes now.
@@ -156,6 +173,8 @@ pub struct Stats {
     pub decoded: u64,
     /// Files whose decoding was reused instead.
     pub reused: u64,
+    /// Validations made by revising the one before (only instance files changed).
+    pub revised: u64,
     /// Contents (file bytes) held now.
     pub contents: usize,
     /// Decodings held now.
@@ -200,6 +219,14 @@ impl Key {
             toml: format == Format::Toml,
         }
     }
+
+    pub fn format(&self) -> Format {
+        if self.toml {
+            Format::Toml
+        } else {
+            Format::Yaml
+        }
+    }
 }
 
 impl Cache {
@@ -216,6 +243,7 @@ impl Cache {
         Stats {
             decoded: self.decoded,
             reused: self.reused,
+            revised: self.revised,
             contents: self.contents.len(),
             decodings: self.decodings.len(),
         }
@@ -234,6 +262,7 @@ impl Cache {
             // may differ.
             self.contents.clear();
             self.decodings.clear();
+            self.last = None;
             self.limits = Some(*limits);
         }
         self.validations += 1;
@@ -276,6 +305,69 @@ impl Cache {
             ids.remove(&path);
         }
         (plain, ids)
+    }
+
+    /// Whether its decodings were made under `limits`.
+    pub(super) fn made_under(&self, limits: &Limits) -> bool {
+        self.limits == Some(*limits)
+    }
+
+    /// The entity of the decoding filed under `key`, if there is one.
+    pub(super) fn entity(&self, key: &Key) -> Option<&Entity> {
+        self.decodings.get(key)?.value.entity.as_ref()
+    }
+
+    /// Ends a validation that revised the last one (`super::revise`): `changed` are the
+    /// changed files' decodings (before, after) and bytes, `decoded` of them made now. The
+    /// decodings and contents the revision before replaced are dropped now; those of the
+    /// unchanged files stay.
+    pub(super) fn revised(
+        &mut self,
+        inputs: &[CachedInput],
+        changed: Vec<(Key, Key, Arc<[u8]>)>,
+        decoded: usize,
+        validation: &super::Validation,
+    ) {
+        self.validations += 1;
+        let now = self.validations;
+        self.revised += 1;
+        self.reused += (validation.sources.len() - decoded) as u64;
+        for (_, key, bytes) in &changed {
+            self.contents
+                .entry(key.id)
+                .or_insert_with(|| Held {
+                    value: Arc::clone(bytes),
+                    used: now,
+                })
+                .used = now;
+            if let Some(held) = self.decodings.get_mut(key) {
+                held.used = now;
+            }
+        }
+        let replaced: Vec<Key> = changed.iter().map(|(old, _, _)| *old).collect();
+        let retired = match &mut self.last {
+            Some(last) if validation.diagnostics.is_empty() => {
+                last.revise(inputs, &replaced, validation)
+            }
+            _ => {
+                // The next validation starts from scratch, and drops what this one does
+                // not use.
+                self.last = None;
+                Vec::new()
+            }
+        };
+        for key in retired {
+            if self.decodings.get(&key).is_some_and(|held| held.used < now) {
+                self.decodings.remove(&key);
+            }
+            if self
+                .contents
+                .get(&key.id)
+                .is_some_and(|held| held.used < now)
+            {
+                self.contents.remove(&key.id);
+            }
+        }
     }
 
     /// The decoding filed under `key`, moved to `file`, if there is one.
@@ -472,7 +564,8 @@ impl Relocate for Release {
     }
 }
 
-impl Relocate for Box<Instance> {
+/// Copied only when its file moved: a decoding reused in place stays shared.
+impl Relocate for Arc<Instance> {
     fn relocate(&mut self, from: FileId, to: FileId) {
         let Instance {
             name,
@@ -493,7 +586,7 @@ impl Relocate for Box<Instance> {
             allow_downgrade: _,
             state: _,
             backup: _,
-        } = &mut **self;
+        } = Arc::make_mut(self);
         for spanned in [name, partner, region, channel] {
             spanned.relocate(from, to);
         }

@@ -351,3 +351,105 @@ fn inputs_without_ids_are_validated_but_not_kept() {
     let stats = cache.stats();
     assert_eq!((stats.decoded, stats.contents, stats.decodings), (8, 0, 0));
 }
+
+/// Files replaced (or added) by path.
+type Edits = Vec<(&'static str, Option<String>)>;
+
+#[test]
+fn edits_of_instance_files_revise_the_last_validation_as_check_would_validate_them() {
+    let mut cache = Cache::default();
+    let api = FLEET[6].1;
+    let web = FLEET[7].1;
+    let revised = |cache: &Cache| cache.stats().revised;
+    // Each step: the changed files, and whether the step revises the one before.
+    let steps: Vec<(Edits, bool)> = vec![
+        (vec![], false),
+        (
+            vec![("instances/web.yaml", Some(web.replace("1.1.0", "1.0.0")))],
+            true,
+        ),
+        // Both instances at once; then nothing changed.
+        (
+            vec![
+                ("instances/web.yaml", Some(web.to_string())),
+                (
+                    "instances/api.toml",
+                    Some(api.replace("\"1.0.0\"", "\"1.1.0\"")),
+                ),
+            ],
+            true,
+        ),
+        (vec![], true),
+        // A dangling reference and a region over capacity are found in a revision; the
+        // next validation, after one with errors, starts from scratch.
+        (
+            vec![(
+                "instances/web.yaml",
+                Some(web.replace("partner: p", "partner: q")),
+            )],
+            true,
+        ),
+        (vec![("instances/web.yaml", Some(web.to_string()))], false),
+        (
+            vec![(
+                "instances/web.yaml",
+                Some(web.replace("cpu: \"2\"", "cpu: \"99\"")),
+            )],
+            true,
+        ),
+        (vec![("instances/web.yaml", Some(web.to_string()))], false),
+        // A new domain, a new name, a file that does not parse, a partner changed, a
+        // file added: from scratch, each as `check` finds it.
+        (
+            vec![(
+                "instances/api.toml",
+                Some(api.replace("api.p.example", "x.p.example")),
+            )],
+            false,
+        ),
+        (
+            vec![(
+                "instances/api.toml",
+                Some(api.replace("name = \"api\"", "name = \"apx\"")),
+            )],
+            false,
+        ),
+        (vec![("instances/api.toml", Some(api.to_string()))], false),
+        (
+            vec![("instances/web.yaml", Some("name: [web\n".to_string()))],
+            false,
+        ),
+        (vec![("instances/web.yaml", Some(web.to_string()))], false),
+        (
+            vec![(
+                "partners/p.toml",
+                Some(FLEET[1].1.replace("\"P\"", "\"Q\"")),
+            )],
+            false,
+        ),
+        (vec![("README.md", Some("notes\n".to_string()))], false),
+        (vec![("README.md", Some("more notes\n".to_string()))], true),
+    ];
+    let mut files = fleet_with(&[]);
+    for (step, (changes, revises)) in steps.into_iter().enumerate() {
+        // Changed in place, as a source lists a commit's files in the same order.
+        for (path, text) in changes {
+            match files.iter_mut().find(|(existing, _)| existing == path) {
+                Some(file) => file.1 = text.expect("a change"),
+                None => files.extend(text.map(|text| (path.to_string(), text))),
+            }
+        }
+        let before = revised(&cache);
+        let (decoded, _) = check(&mut cache, &files);
+        assert_eq!(revised(&cache) - before, u64::from(revises), "step {step}");
+        if revises {
+            assert!(decoded <= 2, "step {step} decoded {decoded}");
+        }
+    }
+    // What the cache holds stays bounded by the latest two validations.
+    assert!(
+        cache.stats().decodings <= 2 * files.len(),
+        "{:?}",
+        cache.stats()
+    );
+}

@@ -15,10 +15,7 @@
 //! So a plan through a memo equals the plan [`super::compute`] makes, action for action;
 //! the tests check it over commit after commit.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use semver::Version;
 
@@ -32,7 +29,8 @@ use super::{Action, ActualInstance, Drift, Fields, ResourceType};
 #[derive(Debug, Default)]
 pub struct Memo {
     shared: Option<Shared>,
-    pub(super) instances: HashMap<String, Planned>,
+    /// By name, sorted as the fleet's instances are.
+    pub(super) instances: BTreeMap<String, Planned>,
     entities: Option<Entities>,
     stats: Stats,
 }
@@ -124,16 +122,21 @@ impl Inputs<'_> {
 }
 
 impl Planned {
-    /// Whether it was planned from exactly `inputs`.
-    pub fn made_from(&self, inputs: &Inputs<'_>) -> bool {
-        (Arc::ptr_eq(&self.instance, inputs.instance) || self.instance == *inputs.instance)
+    /// Whether it was planned from exactly `inputs`: `None` if not, else whether the
+    /// instance and its record are the very values it keeps (when not, the memo takes the
+    /// new ones, so the next comparison ends at their addresses).
+    pub fn made_from(&self, inputs: &Inputs<'_>) -> Option<bool> {
+        let instance_here = Arc::ptr_eq(&self.instance, inputs.instance);
+        let deployed_here = match (&self.deployed, inputs.deployed) {
+            (Some(kept), Some(deployed)) => Arc::ptr_eq(kept, deployed),
+            (kept, deployed) => kept.is_none() && deployed.is_none(),
+        };
+        let same = (instance_here || self.instance == *inputs.instance)
             && self.file == inputs.file
             && self.owners == inputs.owners
-            && match (&self.deployed, inputs.deployed) {
-                (Some(kept), Some(deployed)) => Arc::ptr_eq(kept, deployed) || kept == deployed,
-                (kept, deployed) => kept.is_none() && deployed.is_none(),
-            }
-            && self.drift == inputs.drift
+            && (deployed_here || self.deployed.as_deref() == inputs.deployed.map(|d| &**d))
+            && self.drift == inputs.drift;
+        same.then_some(instance_here && deployed_here)
     }
 }
 
@@ -143,6 +146,8 @@ pub(super) enum Fresh {
     Keep(String, Planned),
     /// Planned, but not to keep (it depends on the time): forget what was kept.
     Forget(String),
+    /// Found as kept, from equal values at other addresses: keep these.
+    Moved(String, Arc<Instance>, Option<Arc<ActualInstance>>),
 }
 
 impl Memo {
@@ -194,7 +199,11 @@ impl Memo {
     /// Ends a plan of `fleet`: keeps what was planned afresh, counts, and forgets the
     /// instances the fleet no longer has.
     pub(super) fn record(&mut self, fleet: &Fleet, fresh: Vec<Fresh>, reused: usize) {
-        self.stats.planned += fresh.len() as u64;
+        let moved = fresh
+            .iter()
+            .filter(|fresh| matches!(fresh, Fresh::Moved(..)))
+            .count();
+        self.stats.planned += (fresh.len() - moved) as u64;
         self.stats.reused += reused as u64;
         for fresh in fresh {
             match fresh {
@@ -203,6 +212,12 @@ impl Memo {
                 }
                 Fresh::Forget(name) => {
                     self.instances.remove(&name);
+                }
+                Fresh::Moved(name, instance, deployed) => {
+                    if let Some(planned) = self.instances.get_mut(&name) {
+                        planned.instance = instance;
+                        planned.deployed = deployed;
+                    }
                 }
             }
         }

@@ -16,6 +16,7 @@ pub mod snapshot;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
+    sync::Arc,
 };
 
 use chrono::{DateTime, Utc};
@@ -212,21 +213,22 @@ fn plan(
         }
         None => entity_actions(&fields::entities(fleet), actual),
     };
-    let names = union(&fleet.instances, &actual.instances);
     // Instances are planned independently, so they are split over the cores; each thread
     // keeps its own memo of policy decisions. Reusing a remembered plan is cheaper than
     // starting a thread, so with a memo the split is by what is left to plan.
     let kept = memo.as_deref();
+    let rows = rows(fleet, actual, kept);
     let per_thread = if kept.is_some_and(|memo| !memo.instances.is_empty()) {
         REUSES_PER_THREAD
     } else {
         PER_THREAD
     };
-    let planned = parallel::map_chunks(&names, per_thread, |names| {
+    let planned = parallel::map_chunks(&rows, per_thread, |rows| {
         let mut decide = policy::Memo::at(now);
         let mut part = Part::default();
-        for &name in names {
-            match (fleet.instances.get(name), actual.instances.get(name)) {
+        for row in rows {
+            let name = row.name;
+            match (row.instance, row.deployed) {
                 (Some(instance), deployed) => {
                     let inputs = memo::Inputs {
                         instance,
@@ -235,12 +237,19 @@ fn plan(
                         deployed,
                         drift: actual.drift.get(name).map_or(&[][..], Vec::as_slice),
                     };
-                    let remembered = kept
-                        .and_then(|memo| memo.instances.get(name))
-                        .filter(|planned| planned.made_from(&inputs));
-                    if let Some(planned) = remembered {
+                    if let Some((planned, here)) = row
+                        .kept
+                        .and_then(|planned| Some((planned, planned.made_from(&inputs)?)))
+                    {
                         part.add(planned.output.clone());
                         part.reused += 1;
+                        if !here && kept.is_some() {
+                            part.fresh.push(memo::Fresh::Moved(
+                                name.clone(),
+                                Arc::clone(instance),
+                                deployed.map(Arc::clone),
+                            ));
+                        }
                         continue;
                     }
                     let output = instance_actions(fleet, &inputs, &mut decide);
@@ -300,27 +309,64 @@ fn plan(
     }
 }
 
-/// The keys of both maps, in order, each once.
-fn union<'a, A, B>(a: &'a BTreeMap<String, A>, b: &'a BTreeMap<String, B>) -> Vec<&'a String> {
-    let mut names = Vec::with_capacity(a.len().max(b.len()));
-    let (mut a, mut b) = (a.keys().peekable(), b.keys().peekable());
+/// One name of the fleet or the recorded state: the instance the fleet has under it, the
+/// one deployed, and what the memo remembers of it.
+struct Row<'a> {
+    name: &'a String,
+    instance: Option<&'a Arc<Instance>>,
+    deployed: Option<&'a Arc<ActualInstance>>,
+    kept: Option<&'a memo::Planned>,
+}
+
+/// Every name of the fleet and the recorded state, in order, each once; the three maps are
+/// walked side by side, as they are sorted alike.
+fn rows<'a>(fleet: &'a Fleet, actual: &'a Actual, memo: Option<&'a Memo>) -> Vec<Row<'a>> {
+    let mut rows = Vec::with_capacity(fleet.instances.len().max(actual.instances.len()));
+    let mut desired = fleet.instances.iter().peekable();
+    let mut deployed = actual.instances.iter().peekable();
+    let mut kept = memo.map(|memo| memo.instances.iter().peekable());
     loop {
-        let next = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) => match x.cmp(y) {
-                std::cmp::Ordering::Less => a.next(),
-                std::cmp::Ordering::Greater => b.next(),
-                std::cmp::Ordering::Equal => {
-                    b.next();
-                    a.next()
-                }
-            },
-            (Some(_), None) => a.next(),
-            (None, Some(_)) => b.next(),
+        let order = match (desired.peek(), deployed.peek()) {
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
             (None, None) => break,
         };
-        names.extend(next);
+        let mut row = match order {
+            std::cmp::Ordering::Less => desired.next().map(|(name, instance)| Row {
+                name,
+                instance: Some(instance),
+                deployed: None,
+                kept: None,
+            }),
+            std::cmp::Ordering::Greater => deployed.next().map(|(name, instance)| Row {
+                name,
+                instance: None,
+                deployed: Some(instance),
+                kept: None,
+            }),
+            std::cmp::Ordering::Equal => {
+                desired
+                    .next()
+                    .zip(deployed.next())
+                    .map(|((name, instance), (_, deployed))| Row {
+                        name,
+                        instance: Some(instance),
+                        deployed: Some(deployed),
+                        kept: None,
+                    })
+            }
+        }
+        .expect("the peeked entry is there");
+        if let Some(kept) = &mut kept {
+            while kept.next_if(|(name, _)| *name < row.name).is_some() {}
+            row.kept = kept
+                .next_if(|(name, _)| *name == row.name)
+                .map(|(_, planned)| planned);
+        }
+        rows.push(row);
     }
-    names
+    rows
 }
 
 /// What one thread planned.

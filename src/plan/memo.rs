@@ -7,9 +7,12 @@
 //! and of the fleet-wide parts every instance reads (the settings, the channels and the
 //! release catalogue), and of the time only through maintenance windows. [`Memo`] keeps each
 //! instance's inputs beside its actions; [`super::compute_with`] plans an instance again
-//! only when one of them differs, compared by value (an unchanged instance is the very value
-//! the decode cache kept, so most comparisons end at its address). What a window decides
-//! (an instance with a version change on a channel that has a window) is never kept.
+//! only when one of them differs. Inputs are compared by address first (an unchanged
+//! instance is the very value the decode cache kept, and its record the very value the
+//! daemon read, while the store's state stays the same) and by value after; an instance
+//! found equal at another address is kept at the new one, so the next plan compares
+//! addresses again. What a window decides (a version change that is not blocked, on a
+//! channel with a window) is never kept.
 //! When the fleet-wide parts change, everything is planned again.
 //!
 //! So a plan through a memo equals the plan [`super::compute`] makes, action for action;

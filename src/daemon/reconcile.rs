@@ -564,13 +564,18 @@ async fn record_entities(
     memo: &mut plan::Memo,
     now: DateTime<Utc>,
 ) -> Result<usize, Error> {
+    let entity_actions: Vec<&Action> = plan
+        .actions
+        .iter()
+        .filter(|action| action.resource_type != plan::ResourceType::Instance)
+        .collect();
+    if entity_actions.is_empty() {
+        return Ok(0);
+    }
     let fleet_entities = memo.entities(desired.fleet.fleet());
     let mut count = 0;
-    for action in &plan.actions {
+    for action in entity_actions {
         let resource_type = action.resource_type;
-        if resource_type == plan::ResourceType::Instance {
-            continue;
-        }
         let key = (resource_type, action.id.clone());
         let resource = format!("{}/{}", resource_type.as_str(), action.id);
         let mut record = Record::new(

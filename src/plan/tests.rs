@@ -24,6 +24,22 @@ const RELEASES: &[(&str, &str)] = &[
 /// A fleet of partner `p` (with `partner` lines added), a manual channel, the releases and
 /// the instances given as `(name, extra TOML lines)`.
 fn fleet(partner: &str, instances: &[(&str, &str)]) -> Validation {
+    let instances: Vec<(String, String)> = instances
+        .iter()
+        .map(|(name, extra)| (name.to_string(), extra.to_string()))
+        .collect();
+    fleet_of(partner, "", &[], &instances)
+}
+
+/// A fleet of partner `p` (with `partner` lines added), manual channel `m` (with `channel`
+/// lines added), the releases and `releases`, and the instances given as `(name, extra
+/// TOML lines)`, all of partner `p` in channel `m`.
+fn fleet_of(
+    partner: &str,
+    channel: &str,
+    releases: &[(&str, &str)],
+    instances: &[(String, String)],
+) -> Validation {
     let mut files: Vec<(String, String)> = vec![
         ("fleet.toml".into(), FLEET.into()),
         (
@@ -32,12 +48,13 @@ fn fleet(partner: &str, instances: &[(&str, &str)]) -> Validation {
         ),
         (
             "channels/m.toml".into(),
-            "name = \"m\"\nmode = \"manual-approval\"\n".into(),
+            format!("name = \"m\"\nmode = \"manual-approval\"\n{channel}"),
         ),
     ];
     files.extend(
         RELEASES
             .iter()
+            .chain(releases)
             .map(|(path, text)| (path.to_string(), text.to_string())),
     );
     for (name, extra) in instances {
@@ -322,39 +339,21 @@ mod budget {
 /// A fleet of `count` instances on a manual channel with a Saturday window, those in
 /// `newer` at 1.1.0 and the rest at 1.0.0; `partner` and `releases` add lines and files.
 fn windowed(count: usize, newer: &[usize], partner: &str, releases: &[(&str, &str)]) -> Validation {
-    let mut files: Vec<(String, String)> = vec![
-        ("fleet.toml".into(), FLEET.into()),
-        (
-            "partners/p.toml".into(),
-            format!("id = \"p\"\nname = \"P\"\nemail = \"o@p.example\"\n{partner}"),
-        ),
-        (
-            "channels/m.toml".into(),
-            "name = \"m\"\nmode = \"manual-approval\"\n[maintenance_window]\ndays = [\"sat\"]\nstart = \"02:00\"\nduration = \"2h\"\ntimezone = \"Africa/Lagos\"\n".into(),
-        ),
-    ];
-    files.extend(
-        RELEASES
-            .iter()
-            .chain(releases)
-            .map(|(path, text)| (path.to_string(), text.to_string())),
-    );
-    for index in 0..count {
-        let version = if newer.contains(&index) {
-            "1.1.0"
-        } else {
-            "1.0.0"
-        };
-        files.push((
-            format!("instances/i{index:02}.toml"),
-            format!(
-                "name = \"i{index:02}\"\ntype = \"shared-saas\"\npartner = \"p\"\nregion = \"ng-lagos\"\ndata_residency = [\"NG\"]\nchannel = \"m\"\nsize = \"small\"\nversion = \"{version}\"\n"
-            ),
-        ));
-    }
-    let validation = validate::check_texts(files);
-    assert!(!validation.has_errors(), "{:#?}", validation.diagnostics);
-    validation
+    let window = "[maintenance_window]\ndays = [\"sat\"]\nstart = \"02:00\"\nduration = \"2h\"\ntimezone = \"Africa/Lagos\"\n";
+    let instances: Vec<(String, String)> = (0..count)
+        .map(|index| {
+            let version = if newer.contains(&index) {
+                "1.1.0"
+            } else {
+                "1.0.0"
+            };
+            (
+                format!("i{index:02}"),
+                format!("size = \"small\"\nversion = \"{version}\"\n"),
+            )
+        })
+        .collect();
+    fleet_of(partner, window, releases, &instances)
 }
 
 #[test]
